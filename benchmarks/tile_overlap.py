@@ -1,0 +1,75 @@
+"""Measure how much tile context (--overlap) is needed for tiled output to match the untiled one.
+
+For every image, the untiled float output is the reference; each overlap is run
+at the given tile size and scored by PSNR over the whole output (peak 1.0), plus
+the time it took. Prints a table (mean and worst image per overlap) and writes JSON.
+
+    python benchmarks/tile_overlap.py --model ../shared/weights/realesrgan-x4plus.fp16.safetensors \
+        --tile 64 --overlaps 8,16,24,32 --json overlap.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from esrgan_cli.engine import Upscaler, choose_placement
+from esrgan_cli.imageio import read_image
+from esrgan_cli.pipeline import upscale_array
+from esrgan_cli.weights import load_weights
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return math.inf if mse == 0 else 10 * math.log10(1.0 / mse)
+
+
+def main() -> None:
+    shared = Path(os.environ.get("ESRGAN_SHARED", "../shared"))
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default=str(shared / "weights/realesrgan-x4plus.fp16.safetensors"))
+    ap.add_argument("--images", nargs="*", type=Path,
+                    default=sorted((shared / "testsets").glob("Set*/LR_bicubic/X4/*.png")))
+    ap.add_argument("--tile", type=int, default=64)
+    ap.add_argument("--overlaps", default="8,16,24,32")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    overlaps = [int(x) for x in args.overlaps.split(",")]
+    up = Upscaler(load_weights(Path(args.model)), choose_placement(args.device, "fp32"))
+    rows = []
+    for path in args.images:
+        img = read_image(path)
+        t0 = time.perf_counter()
+        ref, _ = upscale_array(img.rgb, up, up.scale, 0, 0, np.float32, up.align)
+        row = {"image": path.name, "size": [img.width, img.height], "untiled_s": time.perf_counter() - t0}
+        for ov in overlaps:
+            t0 = time.perf_counter()
+            out, calls = upscale_array(img.rgb, up, up.scale, args.tile, ov, np.float32, up.align)
+            row[f"overlap_{ov}"] = {"psnr": psnr(out, ref), "s": time.perf_counter() - t0, "tiles": calls}
+        rows.append(row)
+        print(path.name, " ".join(f"{ov}:{row[f'overlap_{ov}']['psnr']:.2f}" for ov in overlaps), flush=True)
+    print(f"\ntile {args.tile}, {len(rows)} images, PSNR of tiled vs untiled output (dB)")
+    print("| overlap | mean dB | worst dB | worst image | time vs untiled |")
+    print("|---|---|---|---|---|")
+    summary = {}
+    for ov in overlaps:
+        vals = [r[f"overlap_{ov}"]["psnr"] for r in rows]
+        worst = min(range(len(rows)), key=lambda i: vals[i])
+        ratio = sum(r[f"overlap_{ov}"]["s"] for r in rows) / sum(r["untiled_s"] for r in rows)
+        summary[ov] = {"mean": float(np.mean(vals)), "worst": vals[worst], "worst_image": rows[worst]["image"],
+                       "time_ratio": ratio}
+        print(f"| {ov} | {np.mean(vals):.2f} | {vals[worst]:.2f} | {rows[worst]['image']} | {ratio:.2f}x |")
+    if args.json:
+        args.json.write_text(json.dumps({"tile": args.tile, "model": args.model, "rows": rows,
+                                         "summary": summary}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

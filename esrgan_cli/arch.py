@@ -1,0 +1,135 @@
+"""RRDBNet, the ESRGAN generator (Wang et al. 2018), with BasicSR's parameter names.
+
+The module does no I/O: it builds a network from an `RRDBConfig`. Loading, key
+layouts and architecture detection live in `checkpoint.py`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+# BasicSR reaches x2 and x1 by pixel-unshuffling the input and keeping two x2
+# upsampling stages; the oldest ESRGAN models instead vary the number of stages.
+_DEFAULT_UNSHUFFLE = {1: 4, 2: 2, 4: 1, 8: 1}
+
+
+@dataclass(frozen=True)
+class RRDBConfig:
+    """Hyper-parameters of an RRDBNet. `unshuffle` defaults to BasicSR's choice for `scale`."""
+
+    in_channels: int = 3
+    out_channels: int = 3
+    num_feat: int = 64
+    num_block: int = 23
+    num_grow: int = 32
+    scale: int = 4
+    unshuffle: int = field(default=0)
+
+    def __post_init__(self) -> None:
+        if self.unshuffle == 0:
+            if self.scale not in _DEFAULT_UNSHUFFLE:
+                raise ValueError(f"scale must be one of 1, 2, 4, 8, got {self.scale}")
+            object.__setattr__(self, "unshuffle", _DEFAULT_UNSHUFFLE[self.scale])
+        for name in ("in_channels", "out_channels", "num_feat", "num_block", "num_grow", "scale"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        stages = math.log2(self.scale * self.unshuffle)
+        if self.unshuffle not in (1, 2, 4) or stages != int(stages) or stages > 3:
+            raise ValueError(f"unsupported scale {self.scale} with pixel-unshuffle {self.unshuffle}")
+
+    @property
+    def upsample_stages(self) -> int:
+        return int(math.log2(self.scale * self.unshuffle))
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> RRDBConfig:
+        return cls(**json.loads(text))
+
+    def macs_per_input_pixel(self) -> int:
+        """Multiply-adds per input pixel: what a forward pass costs, for benchmarks and budgets."""
+        u2 = self.unshuffle**2
+        f, g = self.num_feat, self.num_grow
+        rdb = sum((f + i * g) * g for i in range(4)) + (f + 4 * g) * f
+        trunk = (self.in_channels * u2 * f + 3 * self.num_block * rdb + f * f) * 9 / u2
+        ups = sum(f * f * 9 * 4**i for i in range(1, self.upsample_stages + 1)) / u2
+        tail = (f * f + f * self.out_channels) * 9 * self.scale**2
+        return int(round(trunk + ups + tail))
+
+
+class ResidualDenseBlock(nn.Module):
+    def __init__(self, num_feat: int, num_grow: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(num_feat, num_grow, 3, 1, 1)
+        self.conv2 = nn.Conv2d(num_feat + num_grow, num_grow, 3, 1, 1)
+        self.conv3 = nn.Conv2d(num_feat + 2 * num_grow, num_grow, 3, 1, 1)
+        self.conv4 = nn.Conv2d(num_feat + 3 * num_grow, num_grow, 3, 1, 1)
+        self.conv5 = nn.Conv2d(num_feat + 4 * num_grow, num_feat, 3, 1, 1)
+        self.lrelu = nn.LeakyReLU(negative_slope=0.2, inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x1 = self.lrelu(self.conv1(x))
+        x2 = self.lrelu(self.conv2(torch.cat((x, x1), 1)))
+        x3 = self.lrelu(self.conv3(torch.cat((x, x1, x2), 1)))
+        x4 = self.lrelu(self.conv4(torch.cat((x, x1, x2, x3), 1)))
+        x5 = self.conv5(torch.cat((x, x1, x2, x3, x4), 1))
+        return x5 * 0.2 + x
+
+
+class RRDB(nn.Module):
+    def __init__(self, num_feat: int, num_grow: int) -> None:
+        super().__init__()
+        self.rdb1 = ResidualDenseBlock(num_feat, num_grow)
+        self.rdb2 = ResidualDenseBlock(num_feat, num_grow)
+        self.rdb3 = ResidualDenseBlock(num_feat, num_grow)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.rdb3(self.rdb2(self.rdb1(x))) * 0.2 + x
+
+
+class RRDBNet(nn.Module):
+    def __init__(self, config: RRDBConfig) -> None:
+        super().__init__()
+        self.config = config
+        c = config
+        self.conv_first = nn.Conv2d(c.in_channels * c.unshuffle**2, c.num_feat, 3, 1, 1)
+        self.body = nn.Sequential(*(RRDB(c.num_feat, c.num_grow) for _ in range(c.num_block)))
+        self.conv_body = nn.Conv2d(c.num_feat, c.num_feat, 3, 1, 1)
+        for i in range(1, c.upsample_stages + 1):
+            self.add_module(f"conv_up{i}", nn.Conv2d(c.num_feat, c.num_feat, 3, 1, 1))
+        self.conv_hr = nn.Conv2d(c.num_feat, c.num_feat, 3, 1, 1)
+        self.conv_last = nn.Conv2d(c.num_feat, c.out_channels, 3, 1, 1)
+        self.lrelu = nn.LeakyReLU(negative_slope=0.2, inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: N×C×H×W in [0, 1], H and W multiples of `config.unshuffle`."""
+        if self.config.unshuffle > 1:
+            x = F.pixel_unshuffle(x, self.config.unshuffle)
+        feat = self.conv_first(x)
+        feat = feat + self.conv_body(self.body(feat))
+        for i in range(1, self.config.upsample_stages + 1):
+            up = getattr(self, f"conv_up{i}")
+            feat = self.lrelu(up(F.interpolate(feat, scale_factor=2, mode="nearest")))
+        return self.conv_last(self.lrelu(self.conv_hr(feat)))
+
+
+def init_weights(model: RRDBNet, scale: float = 0.1, seed: int | None = None) -> RRDBNet:
+    """The paper's initialisation: Kaiming-normal weights scaled by `scale`, zero biases."""
+    gen = torch.Generator().manual_seed(seed) if seed is not None else None
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.Conv2d):
+                fan_in = m.weight[0].numel()
+                std = math.sqrt(2.0 / fan_in)
+                m.weight.copy_(torch.randn(m.weight.shape, generator=gen) * std * scale)
+                if m.bias is not None:
+                    m.bias.zero_()
+    return model

@@ -1,0 +1,31 @@
+"""Typed errors. Each carries a one-line message meant for the user; the CLI prints it and exits 1."""
+
+from __future__ import annotations
+
+
+class EsrganError(Exception):
+    """Base of every expected failure: the message is complete and fits on one line."""
+
+
+class ImageReadError(EsrganError):
+    """The input is missing, unreadable, not an image, truncated or too large."""
+
+
+class ImageWriteError(EsrganError):
+    """The output cannot be written where the user asked."""
+
+
+class WeightsError(EsrganError):
+    """A weights file is unsafe, unreadable, or not an RRDBNet."""
+
+
+class ModelNotFoundError(EsrganError):
+    """A model name or Hub location cannot be resolved to a file."""
+
+
+class ChecksumError(EsrganError):
+    """A downloaded file does not match its pinned sha256."""
+
+
+class DeviceError(EsrganError):
+    """The requested device or precision is not available."""

@@ -1,0 +1,215 @@
+"""Reading images into float arrays and writing results back, keeping what users care about.
+
+EXIF orientation is applied on read; the ICC profile and EXIF are carried to the
+output; alpha is kept as its own plane; grayscale stays grayscale; 16-bit
+grayscale stays 16-bit where the output format allows. Writes are atomic.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import tempfile
+import warnings
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from esrgan_cli.errors import ImageReadError, ImageWriteError
+
+FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".tif": "TIFF", ".tiff": "TIFF",
+           ".bmp": "BMP"}
+SIXTEEN_BIT_FORMATS = {"PNG", "TIFF"}
+ALPHA_FORMATS = {"PNG", "WEBP", "TIFF", "BMP"}
+CMYK_FORMATS = {"JPEG", "TIFF"}
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error, IndexError)
+_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class LoadedImage:
+    rgb: np.ndarray  # H×W×3 float32 in [0, 1]; grayscale replicated to three channels
+    alpha: np.ndarray | None  # H×W float32 in [0, 1]
+    grayscale: bool
+    bit_depth: int  # 8 or 16
+    cmyk: bool
+    icc_profile: bytes | None
+    exif: bytes | None
+
+    @property
+    def height(self) -> int:
+        return int(self.rgb.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.rgb.shape[1])
+
+
+def output_format(path: Path) -> str:
+    fmt = FORMATS.get(Path(path).suffix.lower())
+    if fmt is None:
+        known = ", ".join(sorted({s.lstrip(".") for s in FORMATS}))
+        raise ImageWriteError(f"{path}: unknown output format {Path(path).suffix!r} (use one of: {known})")
+    return fmt
+
+
+def read_image(path: Path, max_pixels: int | None = None) -> LoadedImage:
+    """Decode `path` fully; any problem becomes an ImageReadError with a one-line reason."""
+    path = Path(path)
+    limit = max_pixels if max_pixels is not None else Image.MAX_IMAGE_PIXELS
+    if not path.exists():
+        raise ImageReadError(f"{path}: no such file")
+    if not path.is_file():
+        raise ImageReadError(f"{path}: not a file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                w, h = img.size
+                if limit and w * h > limit:
+                    raise ImageReadError(_too_large(path, w, h, limit))
+                if w == 0 or h == 0:
+                    raise ImageReadError(f"{path}: the image is empty ({w}×{h})")
+                img.load()
+                img = ImageOps.exif_transpose(img) or img
+                return _to_arrays(path, img)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageReadError(f"{path}: over Pillow's decompression-bomb pixel limit ({limit:,} pixels)") from None
+    except PermissionError:
+        raise ImageReadError(f"{path}: permission denied") from None
+    except UnidentifiedImageError:
+        kind = "empty file" if path.stat().st_size == 0 else "not an image Pillow can read"
+        raise ImageReadError(f"{path}: {kind}") from None
+    except _DECODE_ERRORS as e:
+        raise ImageReadError(f"{path}: cannot decode ({_one_line(e)})") from None
+
+
+def _too_large(path: Path, w: int, h: int, limit: int) -> str:
+    return f"{path}: {w}×{h} is {w * h:,} pixels, over the input limit of {limit:,} (a decompression bomb?)"
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0][:160] if text else type(e).__name__
+
+
+def _to_arrays(path: Path, img: Image.Image) -> LoadedImage:
+    icc = img.info.get("icc_profile") or None
+    exif = img.info.get("exif") or None
+    mode = img.mode
+    if mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    elif mode == "PA":
+        img = img.convert("RGBA")
+    elif mode == "1":
+        img = img.convert("L")
+    elif mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        plane = np.asarray(img).astype(np.int64)
+        if plane.min() < 0 or plane.max() > 65535:
+            raise ImageReadError(f"{path}: 32-bit integer images are not supported")
+        gray = (plane.astype(np.float32) / 65535.0)[..., None]
+        return LoadedImage(np.repeat(gray, 3, axis=2), None, True, 16, False, icc, exif)
+    elif mode == "CMYK":
+        return LoadedImage(_unit(img.convert("RGB")), None, False, 8, True, icc, exif)
+    elif mode not in ("L", "LA", "RGB", "RGBA"):
+        try:
+            img = img.convert("RGB")
+        except ValueError:
+            raise ImageReadError(f"{path}: unsupported image mode {mode}") from None
+        icc = None  # the profile described the original colour space, not RGB
+    if img.mode in ("L", "LA"):
+        planes = _unit(img)
+        gray = planes[..., :1]
+        alpha = planes[..., 1] if img.mode == "LA" else None
+        return LoadedImage(np.repeat(gray, 3, axis=2), alpha, True, 8, False, icc, exif)
+    planes = _unit(img)
+    alpha = planes[..., 3] if img.mode == "RGBA" else None
+    return LoadedImage(np.ascontiguousarray(planes[..., :3]), alpha, False, 8, False, icc, exif)
+
+
+def _unit(img: Image.Image) -> np.ndarray:
+    arr = np.asarray(img, dtype=np.float32) / 255.0
+    return arr[..., None] if arr.ndim == 2 else arr
+
+
+def output_bit_depth(image: LoadedImage, fmt: str) -> int:
+    return 16 if image.bit_depth == 16 and fmt in SIXTEEN_BIT_FORMATS else 8
+
+
+def to_gray(rgb: np.ndarray) -> np.ndarray:
+    """H×W×3 canvas → H×W luma (BT.601), in the canvas's type."""
+    out = np.empty(rgb.shape[:2], dtype=rgb.dtype)
+    for top in range(0, rgb.shape[0], 256):  # in bands, so the float temporary stays small
+        luma = rgb[top : top + 256].astype(np.float32) @ _LUMA
+        if np.issubdtype(rgb.dtype, np.integer):
+            luma = np.clip(np.rint(luma), 0, np.iinfo(rgb.dtype).max)
+        out[top : top + 256] = luma
+    return out
+
+
+def resize_plane(plane: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize an H×W float plane in [0, 1] to (width, height) with a Lanczos filter."""
+    img = Image.fromarray(plane.astype(np.float32), mode="F").resize(size, Image.Resampling.LANCZOS)
+    return np.clip(np.asarray(img), 0.0, 1.0)
+
+
+def compose(
+    rgb: np.ndarray, alpha: np.ndarray | None, image: LoadedImage, fmt: str, notes: list[str]
+) -> Image.Image:
+    """Output canvas (uint8 or uint16, H×W×3) + alpha → a Pillow image in the mode the input had."""
+    if image.grayscale:
+        gray = to_gray(rgb)
+        if gray.dtype == np.uint16:
+            return Image.fromarray(gray)  # I;16
+        base = Image.fromarray(gray)
+    else:
+        base = Image.fromarray(rgb)
+    if alpha is not None:
+        if fmt not in ALPHA_FORMATS:
+            notes.append(f"{fmt} has no alpha channel: transparency dropped")
+        else:
+            a = Image.fromarray(np.clip(np.rint(alpha * 255), 0, 255).astype(np.uint8))
+            base = base.convert("LA" if base.mode == "L" else "RGBA")
+            base.putalpha(a)
+    if image.cmyk and fmt in CMYK_FORMATS:
+        base = base.convert("CMYK")
+    return base
+
+
+def write_image(
+    img: Image.Image, path: Path, fmt: str, source: LoadedImage, quality: int, notes: list[str]
+) -> None:
+    """Encode into a temp file beside `path`, then rename over it: a reader never sees half a file."""
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise ImageWriteError(f"{path}: is a directory")
+    if not folder.is_dir():
+        raise ImageWriteError(f"{path}: folder {folder} does not exist")
+    params: dict[str, object] = {}
+    icc = source.icc_profile
+    if source.cmyk and img.mode != "CMYK":
+        icc = None  # a CMYK profile would mislabel RGB pixels
+        notes.append(f"{fmt} cannot hold CMYK: written as RGB without the CMYK colour profile")
+    if icc and fmt != "BMP":
+        params["icc_profile"] = icc
+    if source.exif and fmt in ("JPEG", "PNG", "WEBP", "TIFF"):
+        params["exif"] = source.exif
+    if fmt in ("JPEG", "WEBP"):
+        params["quality"] = quality
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    except OSError as e:
+        raise ImageWriteError(f"{path}: cannot write there ({e.strerror or _one_line(e)})") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            img.save(f, format=fmt, **params)
+        os.replace(tmp, path)
+    except BaseException as e:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise ImageWriteError(f"{path}: cannot write ({e.strerror or _one_line(e)})") from None
+        raise

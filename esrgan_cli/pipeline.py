@@ -1,0 +1,115 @@
+"""One image through the model: checks, tiling, alpha, final resize. No printing: the CLI reports."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from esrgan_cli.defaults import DEFAULT_MAX_OUTPUT_PIXELS, DEFAULT_OVERLAP
+from esrgan_cli.engine import Upscaler, auto_tile, memory_budget
+from esrgan_cli.errors import ImageReadError, ImageWriteError
+from esrgan_cli.imageio import LoadedImage, compose, output_bit_depth, resize_plane
+from esrgan_cli.tiling import Model, run_tiled
+
+Progress = Callable[[int, int], None]
+"""(input pixels just finished, total input pixels of this image)"""
+
+
+@dataclass(frozen=True)
+class UpscaleOptions:
+    tile: int | None = None  # None: automatic from the memory budget; 0: whole image
+    overlap: int = DEFAULT_OVERLAP
+    outscale: float | None = None
+    alpha: str = "resize"  # "resize" or "model"
+    max_output_pixels: int = DEFAULT_MAX_OUTPUT_PIXELS
+
+
+@dataclass
+class UpscaleResult:
+    image: Image.Image
+    tile: int
+    model_calls: int
+    fp32_retries: int
+    seconds: float
+    notes: list[str] = field(default_factory=list)
+
+
+def check_paths(src: Path, dst: Path) -> None:
+    """Refuse to overwrite the input, before any work is done."""
+    same = Path(os.path.abspath(src)) == Path(os.path.abspath(dst))
+    if not same and dst.exists() and src.exists():
+        same = os.path.samefile(src, dst)
+    if same:
+        raise ImageWriteError(f"{dst}: the output would overwrite the input; choose another output path")
+    folder = dst.parent if str(dst.parent) else Path(".")
+    if not folder.is_dir():
+        raise ImageWriteError(f"{dst}: folder {folder} does not exist")
+
+
+def final_size(image: LoadedImage, scale: int, outscale: float | None) -> tuple[int, int]:
+    """(width, height) of the written image."""
+    factor = outscale if outscale is not None else scale
+    return max(1, round(image.width * factor)), max(1, round(image.height * factor))
+
+
+def upscale_array(
+    rgb: np.ndarray, model: Model, scale: int, tile: int, overlap: int, dtype: np.dtype,
+    align: int = 1, on_progress: Callable[[int], None] | None = None,
+) -> tuple[np.ndarray, int]:
+    """An H×W×3 float image → (H·s)×(W·s)×C canvas in `dtype`, and the number of model calls."""
+    h, w = rgb.shape[:2]
+    canvas = np.empty((h * scale, w * scale, 3), dtype=dtype)
+    calls = run_tiled(rgb, model, scale, canvas, tile, overlap, align=align, on_progress=on_progress)
+    return canvas, calls
+
+
+def upscale_image(
+    image: LoadedImage, upscaler: Upscaler, fmt: str, options: UpscaleOptions, progress: Progress | None = None
+) -> UpscaleResult:
+    start = time.perf_counter()
+    s = upscaler.scale
+    out_w, out_h = final_size(image, s, options.outscale)
+    canvas_pixels = image.width * s * image.height * s
+    biggest = max(out_w * out_h, canvas_pixels)
+    if options.max_output_pixels and biggest > options.max_output_pixels:
+        raise ImageReadError(
+            f"{image.width}×{image.height} would upscale to {biggest:,} pixels, over the limit of "
+            f"{options.max_output_pixels:,}; raise it with --max-output-pixels if you have the memory"
+        )
+    tile = options.tile
+    if tile is None:
+        budget = memory_budget(upscaler.placement.device)
+        tile = auto_tile(image.height, image.width, options.overlap, upscaler.per_pixel_bytes(), budget)
+    dtype = np.uint16 if output_bit_depth(image, fmt) == 16 else np.uint8
+    planes = 2 if image.alpha is not None and options.alpha == "model" else 1
+    total = image.width * image.height * planes
+
+    def advance(n: int) -> None:
+        if progress:
+            progress(n, total)
+
+    retries_before = upscaler.fp32_retries
+    canvas, calls = upscale_array(image.rgb, upscaler, s, tile, options.overlap, dtype, upscaler.align, advance)
+    alpha = None
+    if image.alpha is not None:
+        if options.alpha == "model":
+            a3 = np.repeat(image.alpha[..., None], 3, axis=2)
+            a_canvas, more = upscale_array(a3, upscaler, s, tile, options.overlap, np.float32, upscaler.align, advance)
+            calls += more
+            alpha = a_canvas.mean(axis=2)
+        else:
+            alpha = resize_plane(image.alpha, (image.width * s, image.height * s))
+    notes: list[str] = []
+    result = compose(canvas, alpha, image, fmt, notes)
+    del canvas, alpha
+    if result.size != (out_w, out_h):
+        result = result.resize((out_w, out_h), Image.Resampling.LANCZOS)
+    return UpscaleResult(
+        result, tile, calls, upscaler.fp32_retries - retries_before, time.perf_counter() - start, notes
+    )

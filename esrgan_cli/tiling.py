@@ -1,0 +1,166 @@
+"""Tile geometry and stitching: pure numpy, no torch; the model is a callback.
+
+Each tile owns a *core* of input pixels and is run on a *window*: the core plus
+`overlap` pixels of context on every side that has image there. Only the core's
+part of the output is pasted, so every output pixel is written exactly once and
+the canvas can stay in the output's integer type. With context at least as wide
+as the model's receptive field the result equals the untiled one exactly; for
+RRDBNet (receptive field far larger than any tile) the context is what closes
+the gap, not blending.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+Model = Callable[[np.ndarray], np.ndarray]
+"""H×W×C float32 in [0, 1] → (H·scale)×(W·scale)×C' float32 in [0, 1]."""
+
+
+class TileTooLarge(Exception):
+    """Raised by a model callback (for example on out-of-memory) to have the tile split in half."""
+
+
+@dataclass(frozen=True)
+class Region:
+    """A half-open rectangle [top, bottom) × [left, right) in pixels."""
+
+    top: int
+    left: int
+    bottom: int
+    right: int
+
+    @property
+    def height(self) -> int:
+        return self.bottom - self.top
+
+    @property
+    def width(self) -> int:
+        return self.right - self.left
+
+    @property
+    def area(self) -> int:
+        return self.height * self.width
+
+    def scaled(self, s: int) -> Region:
+        return Region(self.top * s, self.left * s, self.bottom * s, self.right * s)
+
+    def relative_to(self, outer: Region) -> Region:
+        return Region(self.top - outer.top, self.left - outer.left, self.bottom - outer.top, self.right - outer.left)
+
+    def slices(self) -> tuple[slice, slice]:
+        return slice(self.top, self.bottom), slice(self.left, self.right)
+
+
+@dataclass(frozen=True)
+class Tile:
+    core: Region
+    window: Region
+
+    def output_crop(self, scale: int) -> Region:
+        """Where the core lies inside the model's output for the window."""
+        return self.core.relative_to(self.window).scaled(scale)
+
+
+def split_evenly(start: int, stop: int, max_size: int, align: int = 1) -> list[tuple[int, int]]:
+    """Cut [start, stop) into the fewest pieces of at most ~max_size, all nearly equal, cuts on `align`."""
+    length = stop - start
+    if length <= 0:
+        return []
+    n = max(1, math.ceil(length / max(max_size, 1)))
+    cuts = [start]
+    for i in range(1, n):
+        cut = start + int(round(i * length / n / align)) * align
+        if cuts[-1] < cut < stop:
+            cuts.append(cut)
+    cuts.append(stop)
+    return list(zip(cuts[:-1], cuts[1:], strict=True))
+
+
+def plan_tiles(
+    height: int, width: int, tile: int, overlap: int, align: int = 1, area: Region | None = None
+) -> list[Tile]:
+    """Tiles covering `area` (default: the whole image) with cores of at most `tile` pixels a side.
+
+    `tile` <= 0 means one tile for the whole area. `align` keeps cuts and context
+    on multiples of the model's pixel-unshuffle factor so windows group pixels
+    the same way the untiled pass does.
+    """
+    bounds = Region(0, 0, height, width)
+    area = area or bounds
+    if tile <= 0:
+        tile = max(area.height, area.width)
+    tile = max(align, tile // align * align)
+    context = math.ceil(max(overlap, 0) / align) * align
+    tiles = []
+    for top, bottom in split_evenly(area.top, area.bottom, tile, align):
+        for left, right in split_evenly(area.left, area.right, tile, align):
+            core = Region(top, left, bottom, right)
+            window = Region(
+                max(bounds.top, top - context),
+                max(bounds.left, left - context),
+                min(bounds.bottom, bottom + context),
+                min(bounds.right, right + context),
+            )
+            tiles.append(Tile(core, window))
+    return tiles
+
+
+def to_canvas_dtype(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Float output in [0, 1] → the canvas's type (integers are rounded, floats clipped)."""
+    if np.issubdtype(dtype, np.integer):
+        top = np.iinfo(dtype).max
+        return np.clip(np.rint(values * top), 0, top).astype(dtype)
+    return np.clip(values, 0.0, 1.0).astype(dtype, copy=False)
+
+
+def run_tiled(
+    image: np.ndarray,
+    model: Model,
+    scale: int,
+    canvas: np.ndarray,
+    tile: int,
+    overlap: int,
+    align: int = 1,
+    min_tile: int = 16,
+    on_progress: Callable[[int], None] | None = None,
+) -> int:
+    """Upscale `image` (H×W×C float32) into `canvas` ((H·s)×(W·s)×C', any dtype) tile by tile.
+
+    `on_progress` receives the number of input pixels each finished tile covered.
+    A callback raising TileTooLarge gets that tile re-planned at half the size,
+    down to `min_tile`. Returns the number of model calls made.
+    """
+    height, width = image.shape[:2]
+    expected = (height * scale, width * scale)
+    if canvas.shape[:2] != expected:
+        raise ValueError(f"canvas is {canvas.shape[:2]}, expected {expected}")
+    calls = 0
+
+    def run(tiles: list[Tile]) -> None:
+        nonlocal calls
+        for t in tiles:
+            window = image[t.window.slices()]
+            try:
+                calls += 1
+                out = model(window)
+            except TileTooLarge:
+                half = max(t.core.height, t.core.width, align) // 2
+                if half < min_tile:
+                    raise
+                run(plan_tiles(height, width, half, overlap, align, area=t.core))
+                continue
+            want = (t.window.height * scale, t.window.width * scale)
+            if out.shape[:2] != want:
+                raise ValueError(f"model returned {out.shape[:2]} for a {t.window.height}×{t.window.width} window")
+            crop = t.output_crop(scale)
+            canvas[t.core.scaled(scale).slices()] = to_canvas_dtype(out[crop.slices()], canvas.dtype)
+            if on_progress:
+                on_progress(t.core.area)
+
+    run(plan_tiles(height, width, tile, overlap, align))
+    return calls

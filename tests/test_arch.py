@@ -1,0 +1,61 @@
+import pytest
+import torch
+from conftest import tiny_model
+
+from esrgan_cli.arch import RRDBConfig, RRDBNet
+from esrgan_cli.checkpoint import expected_shapes
+
+CONFIGS = [
+    RRDBConfig(num_feat=8, num_block=1, num_grow=4, scale=4),
+    RRDBConfig(num_feat=16, num_block=2, num_grow=8, scale=2),
+    RRDBConfig(num_feat=8, num_block=1, num_grow=4, scale=1),
+    RRDBConfig(num_feat=8, num_block=2, num_grow=4, scale=8),
+    RRDBConfig(num_feat=8, num_block=1, num_grow=4, scale=2, unshuffle=1),  # old-style x2: one upsampling stage
+    RRDBConfig(in_channels=1, out_channels=1, num_feat=8, num_block=1, num_grow=4, scale=4),
+]
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=str)
+def test_output_shape_follows_scale(config: RRDBConfig) -> None:
+    model = tiny_model(config)
+    x = torch.rand(1, config.in_channels, 8, 12)
+    with torch.no_grad():
+        y = model(x)
+    assert y.shape == (1, config.out_channels, 8 * config.scale, 12 * config.scale)
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=str)
+def test_state_dict_keys_are_canonical(config: RRDBConfig) -> None:
+    sd = RRDBNet(config).state_dict()
+    assert {k: tuple(v.shape) for k, v in sd.items()} == expected_shapes(config)
+
+
+def test_paper_model_size_and_cost() -> None:
+    config = RRDBConfig()  # 23 blocks, 64 features, growth 32, x4
+    params = sum(p.numel() for p in RRDBNet(config).parameters())
+    assert params == 16_697_987
+    assert config.macs_per_input_pixel() == 17_926_848
+
+
+def test_mac_count_matches_conv_arithmetic() -> None:
+    config = RRDBConfig(num_feat=8, num_block=2, num_grow=4, scale=2)
+    model = RRDBNet(config)
+    h = w = 8
+    total = 0
+
+    def hook(mod: torch.nn.Conv2d, inp: tuple[torch.Tensor], out: torch.Tensor) -> None:
+        nonlocal total
+        total += out.numel() * mod.in_channels * 9
+
+    for m in model.modules():
+        if isinstance(m, torch.nn.Conv2d):
+            m.register_forward_hook(hook)
+    with torch.no_grad():
+        model(torch.rand(1, 3, h, w))
+    assert total == config.macs_per_input_pixel() * h * w
+
+
+@pytest.mark.parametrize("scale,unshuffle", [(3, 0), (4, 3), (16, 1)])
+def test_unsupported_scales_are_refused(scale: int, unshuffle: int) -> None:
+    with pytest.raises(ValueError):
+        RRDBConfig(scale=scale, unshuffle=unshuffle)
