@@ -150,9 +150,13 @@ def to_gray(rgb: np.ndarray) -> np.ndarray:
     return out
 
 
-def resize_plane(plane: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Resize an H×W float plane in [0, 1] to (width, height) with a Lanczos filter."""
-    img = Image.fromarray(plane.astype(np.float32), mode="F").resize(size, Image.Resampling.LANCZOS)
+def resize_alpha(plane: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize an H×W alpha plane in [0, 1] to (width, height).
+
+    Bilinear, not Lanczos: a sharper filter rings at opacity steps and leaves a
+    faint halo over areas that were fully transparent.
+    """
+    img = Image.fromarray(plane.astype(np.float32), mode="F").resize(size, Image.Resampling.BILINEAR)
     return np.clip(np.asarray(img), 0.0, 1.0)
 
 

@@ -14,7 +14,7 @@ from PIL import Image
 from esrgan_cli.defaults import DEFAULT_MAX_OUTPUT_PIXELS, DEFAULT_OVERLAP
 from esrgan_cli.engine import Upscaler, auto_tile, memory_budget
 from esrgan_cli.errors import ImageReadError, ImageWriteError
-from esrgan_cli.imageio import LoadedImage, compose, output_bit_depth, resize_plane
+from esrgan_cli.imageio import LoadedImage, compose, output_bit_depth, resize_alpha
 from esrgan_cli.tiling import Model, run_tiled
 
 Progress = Callable[[int, int], None]
@@ -104,7 +104,7 @@ def upscale_image(
             calls += more
             alpha = a_canvas.mean(axis=2)
         else:
-            alpha = resize_plane(image.alpha, (image.width * s, image.height * s))
+            alpha = resize_alpha(image.alpha, (image.width * s, image.height * s))
     notes: list[str] = []
     result = compose(canvas, alpha, image, fmt, notes)
     del canvas, alpha

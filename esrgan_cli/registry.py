@@ -120,10 +120,11 @@ def _fetch(hub: HubFile, label: str) -> Path:
     if hub.sha256 and (done := _converted_path(hub.sha256)).is_file():
         return done
     path = _download(hub, label)
-    if hub.size is not None and path.stat().st_size != hub.size:
+    size = path.stat().st_size
+    if hub.size is not None and size != hub.size:
         _discard(path)
         raise ChecksumError(
-            f"{label}: downloaded {hub.where()} has {path.stat().st_size:,} bytes, expected {hub.size:,}; "
+            f"{label}: downloaded {hub.where()} has {size:,} bytes, expected {hub.size:,}; "
             "the bad copy was removed, run again to re-download"
         )
     actual = sha256_of(path)

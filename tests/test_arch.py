@@ -1,9 +1,10 @@
 import pytest
 import torch
-from conftest import tiny_model
 
 from esrgan_cli.arch import RRDBConfig, RRDBNet
 from esrgan_cli.checkpoint import expected_shapes
+
+from conftest import tiny_model
 
 CONFIGS = [
     RRDBConfig(num_feat=8, num_block=1, num_grow=4, scale=4),

@@ -7,13 +7,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_model, to_esrgan_repo_layout, to_oldest_layout
-from test_arch import CONFIGS
 
 from esrgan_cli.arch import RRDBConfig
 from esrgan_cli.checkpoint import canonicalize, detect_config
 from esrgan_cli.errors import WeightsError
 from esrgan_cli.weights import build_model, load_weights, save_safetensors
+
+from conftest import tiny_model, to_esrgan_repo_layout, to_oldest_layout
+from test_arch import CONFIGS
 
 LAYOUTS = {
     "basicsr": lambda sd, c: sd,

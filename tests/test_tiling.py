@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import random_image
 
 from esrgan_cli.tiling import Region, TileTooLarge, plan_tiles, run_tiled, split_evenly
+
+from conftest import random_image
 
 
 def box_model(radius: int, scale: int):
