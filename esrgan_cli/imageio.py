@@ -217,3 +217,22 @@ def write_image(
         if isinstance(e, OSError):
             raise ImageWriteError(f"{path}: cannot write ({e.strerror or _one_line(e)})") from None
         raise
+
+
+def contact_sheet(images: list[Image.Image], labels: list[str], gap: int = 8) -> Image.Image:
+    """Images side by side on white, each with its label above it, for choosing by eye."""
+    from PIL import ImageDraw, ImageFont
+
+    tiles = [im.convert("RGB") for im in images]
+    font = ImageFont.load_default(size=max(14, tiles[0].height // 24))
+    label_h = font.size + 2 * gap
+    width = sum(t.width for t in tiles) + gap * (len(tiles) + 1)
+    height = max(t.height for t in tiles) + label_h + gap
+    sheet = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(sheet)
+    x = gap
+    for tile, label in zip(tiles, labels, strict=True):
+        draw.text((x, gap), label, fill="black", font=font)
+        sheet.paste(tile, (x, label_h))
+        x += tile.width + gap
+    return sheet

@@ -100,9 +100,10 @@ def upscale_image(
     if image.alpha is not None:
         if options.alpha == "model":
             a3 = np.repeat(image.alpha[..., None], 3, axis=2)
-            a_canvas, more = upscale_array(a3, upscaler, s, tile, options.overlap, np.float32, upscaler.align, advance)
+            # Alpha is written with 8 bits anyway; a uint8 canvas keeps memory at 3 bytes per output pixel.
+            a_canvas, more = upscale_array(a3, upscaler, s, tile, options.overlap, np.uint8, upscaler.align, advance)
             calls += more
-            alpha = a_canvas.mean(axis=2)
+            alpha = a_canvas.mean(axis=2, dtype=np.float32) / 255
         else:
             alpha = resize_alpha(image.alpha, (image.width * s, image.height * s))
     notes: list[str] = []

@@ -112,6 +112,16 @@ def resolve_model(spec: str, registry: Registry | None = None) -> ResolvedModel:
     raise ModelNotFoundError(f"no model named {spec!r} and no such file (known models: {known})")
 
 
+def is_cached(hub: HubFile) -> bool:
+    """True when the model can be used offline: converted by us, or in the Hugging Face cache."""
+    if hub.sha256 and _converted_path(hub.sha256).is_file():
+        return True
+    import huggingface_hub
+
+    found = huggingface_hub.try_to_load_from_cache(hub.repo, hub.filename, revision=hub.revision)
+    return isinstance(found, str) and Path(found).is_file()
+
+
 def _converted_path(sha256: str) -> Path:
     return cache_dir() / "converted" / f"{sha256}.safetensors"
 

@@ -16,7 +16,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
 from esrgan_cli.arch import RRDBConfig, RRDBNet
-from esrgan_cli.checkpoint import StateDict, canonicalize
+from esrgan_cli.checkpoint import StateDict, canonicalize, describe
 from esrgan_cli.errors import WeightsError
 
 PICKLE_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin")
@@ -30,6 +30,7 @@ class LoadedWeights:
     config: RRDBConfig
     metadata: dict[str, str]
     path: Path
+    source_dtype: torch.dtype  # what the file stored (weights are widened to fp32 on load)
 
 
 def sha256_of(path: Path) -> str:
@@ -101,8 +102,9 @@ def load_weights(path: Path) -> LoadedWeights:
     else:
         obj = _load_pickle(path)
     sd, config = canonicalize(obj, _config_from_metadata(meta))
+    source_dtype = sd["conv_first.weight"].dtype
     sd = {k: v.to(torch.float32) for k, v in sd.items()}
-    return LoadedWeights(sd, config, meta, path)
+    return LoadedWeights(sd, config, meta, path, source_dtype)
 
 
 def _looks_like_pickle(head: bytes) -> bool:
@@ -132,3 +134,22 @@ def save_safetensors(
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def describe_weights(weights: LoadedWeights, source: str) -> dict[str, object]:
+    """Everything `esrgan info` shows, as plain data."""
+    c = weights.config
+    return {
+        "source": source,
+        "path": str(weights.path),
+        "architecture": "RRDBNet",
+        "description": describe(c),
+        "config": json.loads(c.to_json()),
+        "scale": c.scale,
+        "parameters": sum(v.numel() for v in weights.state_dict.values()),
+        "dtype": str(weights.source_dtype).removeprefix("torch."),
+        "macs_per_input_pixel": c.macs_per_input_pixel(),
+        "sha256": sha256_of(weights.path),
+        "size_bytes": weights.path.stat().st_size,
+        "metadata": weights.metadata,
+    }
