@@ -52,9 +52,10 @@ def cli() -> None:
 
 
 @cli.command()
-@click.argument("input_path", metavar="IN", type=click.Path(path_type=Path, dir_okay=True))
+@click.argument("paths", metavar="PATH...", nargs=-1, required=True)
 @click.option("-o", "--output", "output_path", required=True, type=click.Path(path_type=Path),
-              help="Output file; its extension picks the format (png, jpg, webp, tiff, bmp).")
+              help="Output file (its extension picks the format: png, jpg, webp, tiff, bmp), or the output folder "
+                   "when there are several inputs, a folder, or a glob.")
 @click.option("-m", "--model", default=None, metavar="M",
               help="Registry name, local .safetensors/.pth/.pt/.ckpt file, or hf:OWNER/REPO/FILE[@REV]. "
                    "Default: the registry's default model.")
@@ -70,44 +71,79 @@ def cli() -> None:
 @click.option("--quality", type=click.IntRange(1, 100), default=DEFAULT_QUALITY, show_default=True,
               help="JPEG/WebP quality.")
 @click.option("--alpha", "alpha_mode", type=click.Choice(["resize", "model"]), default="resize",
-              show_default=True, help="Transparency: resized with Lanczos, or upscaled by the model too.")
+              show_default=True, help="Transparency: resized, or upscaled by the model too.")
+@click.option("--tta", is_flag=True, help="8-fold self-ensemble (flips and rotations): slightly better, ~8x slower.")
 @click.option("--max-output-pixels", type=click.IntRange(min=0), default=DEFAULT_MAX_OUTPUT_PIXELS,
               show_default=True, help="Refuse outputs larger than this (0: no limit).")
+@click.option("-r", "--recursive", is_flag=True, help="Batch: walk subfolders and mirror the tree under the output.")
+@click.option("--format", "out_format", type=click.Choice(["png", "jpg", "webp", "tiff"]), default=None,
+              help="Batch: output format (default: keep each input's).")
+@click.option("--suffix", default="", metavar="TEXT", help="Batch: added to each output's name, e.g. _x4.")
+@click.option("--overwrite", is_flag=True, help="Batch: redo outputs that the journal says are done.")
+@click.option("--report", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Batch: write a JSON report of done, skipped and failed files.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary; errors still go to stderr.")
 def upscale(
-    input_path: Path, output_path: Path, model: str | None, tile: int | None, overlap: int, device: str,
-    precision: str, outscale: float | None, quality: int, alpha_mode: str, max_output_pixels: int, quiet: bool,
+    paths: tuple[str, ...], output_path: Path, model: str | None, tile: int | None, overlap: int, device: str,
+    precision: str, outscale: float | None, quality: int, alpha_mode: str, tta: bool, max_output_pixels: int,
+    recursive: bool, out_format: str | None, suffix: str, overwrite: bool, report: Path | None, quiet: bool,
 ) -> None:
-    """Upscale the image IN into the file given by -o.
+    """Upscale images: one file into -o FILE, or many into the folder -o OUTDIR.
+
+    Batch runs keep a journal in OUTDIR: a rerun skips outputs that are done and
+    still valid (same input, model and options), so an interrupted batch resumes.
+    A file that fails is reported and the batch goes on; the exit code is 1 if
+    any failed.
 
     \b
     Examples:
       esrgan upscale photo.jpg -o photo_x4.png
       esrgan upscale huge.png -o out.png --tile 256 --device cuda
       esrgan upscale logo.png -o logo_x2.webp --outscale 2 --quality 90
-      esrgan upscale in.png -o out.png --model hf:OWNER/REPO/model.safetensors
+      esrgan upscale scans/ -o big/ --recursive --format png --report report.json
+      esrgan upscale 'shots/*.jpg' extra.png -o out/ --suffix _x4
     """
-    if output_path.suffix.lower() not in OUTPUT_SUFFIXES:
-        raise click.BadParameter(
-            f"unknown extension {output_path.suffix!r} (use {', '.join(s[1:] for s in OUTPUT_SUFFIXES)})",
-            param_hint="'-o'",
-        )
+    from esrgan_cli.pipeline import UpscaleOptions
+
+    options = UpscaleOptions(tile, overlap, outscale, alpha_mode, max_output_pixels, tta)
+    single = (len(paths) == 1 and not _looks_like_batch(paths[0])
+              and output_path.suffix.lower() in OUTPUT_SUFFIXES and not output_path.is_dir())
+    if single:
+        _upscale_one(Path(paths[0]), output_path, model, device, precision, options, quality, quiet)
+    else:
+        _upscale_many(paths, output_path, model, device, precision, options, quality, quiet, recursive,
+                      out_format, suffix, overwrite, report)
+
+
+def _looks_like_batch(arg: str) -> bool:
+    import glob
+
+    return glob.has_magic(arg) or Path(arg).is_dir()
+
+
+def _load_upscaler(model: str | None, device: str, precision: str, quiet: bool) -> tuple[Any, Any]:
     from esrgan_cli.engine import Upscaler, choose_placement
-    from esrgan_cli.imageio import output_format, read_image, write_image
-    from esrgan_cli.pipeline import UpscaleOptions, check_paths, upscale_image
     from esrgan_cli.registry import load_registry, resolve_model
     from esrgan_cli.weights import load_weights
 
-    check_paths(input_path, output_path)
-    fmt = output_format(output_path)
-    image = read_image(input_path)
     placement = choose_placement(device, precision)
     registry = load_registry()
     resolved = resolve_model(model or registry.default, registry)
     upscaler = Upscaler(load_weights(resolved.path), placement)
     if placement.note and not quiet:
         _say(f"note: {placement.note}")
-    options = UpscaleOptions(tile, overlap, outscale, alpha_mode, max_output_pixels)
+    return upscaler, resolved
+
+
+def _upscale_one(input_path: Path, output_path: Path, model: str | None, device: str, precision: str,
+                 options: Any, quality: int, quiet: bool) -> None:
+    from esrgan_cli.imageio import output_format, read_image, write_image
+    from esrgan_cli.pipeline import check_paths, upscale_image
+
+    check_paths(input_path, output_path)
+    fmt = output_format(output_path)
+    image = read_image(input_path)
+    upscaler, resolved = _load_upscaler(model, device, precision, quiet)
     with _progress(quiet, f"{input_path.name}") as advance:
         result = upscale_image(image, upscaler, fmt, options, advance)
     notes = list(result.notes)
@@ -118,10 +154,72 @@ def upscale(
         w, h = result.image.size
         tiles = "whole image" if result.model_calls == 1 else f"{result.model_calls} tiles"
         retried = f", {result.fp32_retries} tiles recomputed in fp32" if result.fp32_retries else ""
+        placement = upscaler.placement
         _say(
             f"wrote {output_path} ({w}×{h}, model {resolved.source}, {placement.device.type} "
             f"{str(placement.dtype).removeprefix('torch.')}, {tiles}{retried}, {result.seconds:.1f} s)"
         )
+
+
+def _upscale_many(paths: tuple[str, ...], outdir: Path, model: str | None, device: str, precision: str,
+                  options: Any, quality: int, quiet: bool, recursive: bool, out_format: str | None, suffix: str,
+                  overwrite: bool, report: Path | None) -> None:
+    import dataclasses
+    import json
+    import time
+
+    from esrgan_cli.batch import Journal, Outcome, collect_jobs, run_batch
+    from esrgan_cli.pipeline import batch_stages
+    from esrgan_cli.weights import sha256_of
+
+    if outdir.exists() and not outdir.is_dir():
+        raise EsrganError(f"{outdir}: not a folder (with several inputs, -o names the output folder)")
+    jobs, ignored = collect_jobs(paths, outdir, recursive, out_format, suffix)
+    outdir.mkdir(parents=True, exist_ok=True)
+    upscaler, resolved = _load_upscaler(model, device, precision, quiet)
+    model_sha = sha256_of(resolved.path)
+    pixel_options = {**dataclasses.asdict(options), "quality": quality,
+                     "dtype": str(upscaler.placement.dtype).removeprefix("torch.")}
+    pixel_options.pop("max_output_pixels")
+    journal = Journal(outdir)
+    todo = [j for j in jobs if overwrite or not journal.is_done(j, model_sha, pixel_options)]
+    pending = set(todo)
+    skipped = [j for j in jobs if j not in pending]
+    if not quiet and (skipped or ignored):
+        _say(f"{len(skipped)} already done (journal in {outdir}), {ignored} non-image files ignored")
+    stages = batch_stages(upscaler, options, quality, journal, model_sha, pixel_options)
+
+    start = time.perf_counter()
+    with _progress(quiet, "images", files=True) as advance:
+
+        def on_done(outcome: Outcome) -> None:
+            if outcome.error:
+                _say(f"failed: {outcome.error}")
+            if advance:
+                advance(1, len(todo))
+
+        stages.on_done = on_done
+        outcomes = run_batch(todo, stages)
+    seconds = time.perf_counter() - start
+    done = [o for o in outcomes if not o.error]
+    failed = [o for o in outcomes if o.error]
+    mpx = sum(o.megapixels for o in done)
+    if report is not None:
+        from esrgan_cli.imageio import write_text
+
+        data = {
+            "model": resolved.source, "model_sha256": model_sha, "seconds": round(seconds, 3),
+            "input_megapixels_per_second": round(mpx / seconds, 4) if seconds > 0 else None,
+            "done": [{"input": str(o.job.src), "output": str(o.job.dst)} for o in done],
+            "skipped": [{"input": str(j.src), "output": str(j.dst)} for j in skipped],
+            "failed": [{"input": str(o.job.src), "output": str(o.job.dst), "error": o.error} for o in failed],
+        }
+        write_text(report, json.dumps(data, indent=2) + "\n")
+    if not quiet or failed:
+        _say(f"done {len(done)}, skipped {len(skipped)}, failed {len(failed)} in {seconds:.1f} s "
+             f"({mpx / seconds if seconds > 0 else 0:.3f} input Mpx/s)")
+    if failed:
+        raise SystemExit(1)
 
 
 def _safetensors_output(path: Path) -> None:
@@ -341,9 +439,10 @@ def models_download(names: tuple[str, ...]) -> None:
 class _progress:
     """A rich progress bar over input pixels on stderr; nothing when quiet or not a terminal."""
 
-    def __init__(self, quiet: bool, label: str) -> None:
+    def __init__(self, quiet: bool, label: str, files: bool = False) -> None:
         self.enabled = not quiet and sys.stderr.isatty()
         self.label = label
+        self.files = files
         self.bar: Any = None
         self.task: Any = None
 
@@ -351,10 +450,18 @@ class _progress:
         if not self.enabled:
             return None
         from rich.console import Console
-        from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TaskProgressColumn,
+            TextColumn,
+            TimeRemainingColumn,
+        )
 
+        count = MofNCompleteColumn() if self.files else TaskProgressColumn()
         self.bar = Progress(
-            TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TimeRemainingColumn(),
+            TextColumn("{task.description}"), BarColumn(), count, TimeRemainingColumn(),
             console=Console(stderr=True), transient=True,
         )
         self.bar.start()

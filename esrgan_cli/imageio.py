@@ -236,3 +236,20 @@ def contact_sheet(images: list[Image.Image], labels: list[str], gap: int = 8) ->
         sheet.paste(tile, (x, label_h))
         x += tile.width + gap
     return sheet
+
+
+def write_text(path: Path, text: str) -> None:
+    """Atomic text write (reports), like write_image."""
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    except OSError as e:
+        raise ImageWriteError(f"{path}: cannot write there ({e.strerror or _one_line(e)})") from None
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -11,10 +11,19 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from esrgan_cli.batch import Job, Journal, Stages, file_sha256
 from esrgan_cli.defaults import DEFAULT_MAX_OUTPUT_PIXELS, DEFAULT_OVERLAP
-from esrgan_cli.engine import Upscaler, auto_tile, memory_budget
+from esrgan_cli.engine import Upscaler, auto_tile, memory_budget, with_tta
 from esrgan_cli.errors import ImageReadError, ImageWriteError
-from esrgan_cli.imageio import LoadedImage, compose, output_bit_depth, resize_alpha
+from esrgan_cli.imageio import (
+    LoadedImage,
+    compose,
+    output_bit_depth,
+    output_format,
+    read_image,
+    resize_alpha,
+    write_image,
+)
 from esrgan_cli.tiling import Model, run_tiled
 
 Progress = Callable[[int, int], None]
@@ -28,6 +37,7 @@ class UpscaleOptions:
     outscale: float | None = None
     alpha: str = "resize"  # "resize" or "model"
     max_output_pixels: int = DEFAULT_MAX_OUTPUT_PIXELS
+    tta: bool = False  # 8-fold self-ensemble
 
 
 @dataclass
@@ -95,13 +105,14 @@ def upscale_image(
             progress(n, total)
 
     retries_before = upscaler.fp32_retries
-    canvas, calls = upscale_array(image.rgb, upscaler, s, tile, options.overlap, dtype, upscaler.align, advance)
+    model = with_tta(upscaler) if options.tta else upscaler
+    canvas, calls = upscale_array(image.rgb, model, s, tile, options.overlap, dtype, upscaler.align, advance)
     alpha = None
     if image.alpha is not None:
         if options.alpha == "model":
             a3 = np.repeat(image.alpha[..., None], 3, axis=2)
             # Alpha is written with 8 bits anyway; a uint8 canvas keeps memory at 3 bytes per output pixel.
-            a_canvas, more = upscale_array(a3, upscaler, s, tile, options.overlap, np.uint8, upscaler.align, advance)
+            a_canvas, more = upscale_array(a3, model, s, tile, options.overlap, np.uint8, upscaler.align, advance)
             calls += more
             alpha = a_canvas.mean(axis=2, dtype=np.float32) / 255
         else:
@@ -114,3 +125,26 @@ def upscale_image(
     return UpscaleResult(
         result, tile, calls, upscaler.fp32_retries - retries_before, time.perf_counter() - start, notes
     )
+
+
+def batch_stages(
+    upscaler: Upscaler, options: UpscaleOptions, quality: int, journal: Journal | None = None,
+    model_sha256: str = "", pixel_options: dict[str, object] | None = None,
+) -> Stages[tuple[str, LoadedImage], UpscaleResult]:
+    """Decode, upscale and encode one batch job; a finished output is recorded in `journal`."""
+
+    def decode(job: Job) -> tuple[str, LoadedImage]:
+        return (file_sha256(job.src) if journal else ""), read_image(job.src)
+
+    def compute(job: Job, data: tuple[str, LoadedImage]) -> UpscaleResult:
+        return upscale_image(data[1], upscaler, output_format(job.dst), options)
+
+    def encode(job: Job, data: tuple[str, LoadedImage], result: UpscaleResult) -> float:
+        sha, image = data
+        job.dst.parent.mkdir(parents=True, exist_ok=True)
+        write_image(result.image, job.dst, output_format(job.dst), image, quality, [])
+        if journal:
+            journal.record(job, sha, model_sha256, pixel_options or {})
+        return image.width * image.height / 1e6
+
+    return Stages(decode, compute, encode)

@@ -1,0 +1,267 @@
+"""Batch upscaling: which files go where, what is already done, and a pipelined runner.
+
+No printing: the CLI reports through the callbacks. The runner is generic over
+three stages (decode, compute, encode) so it can be tested with fakes and
+measured with and without overlapping the stages.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+from esrgan_cli.errors import EsrganError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
+FORMAT_SUFFIXES = {"png": ".png", "jpg": ".jpg", "webp": ".webp", "tiff": ".tiff"}
+JOURNAL_NAME = ".esrgan-journal.jsonl"
+
+
+class BatchError(EsrganError):
+    """The batch cannot start: no inputs, a missing path, or two inputs that would write one output."""
+
+
+@dataclass(frozen=True)
+class Job:
+    src: Path
+    dst: Path
+    key: str  # the output's path relative to OUTDIR, as recorded in the journal
+
+
+def _expand(arg: str) -> list[Path]:
+    if glob.has_magic(arg):
+        matches = sorted(glob.glob(arg, recursive=True))
+        if not matches:
+            raise BatchError(f"{arg}: no files match")
+        return [Path(m) for m in matches]
+    path = Path(arg)
+    if not path.exists():
+        raise BatchError(f"{arg}: no such file or folder")
+    return [path]
+
+
+def collect_jobs(
+    inputs: Iterable[str], outdir: Path, recursive: bool = False, fmt: str | None = None, suffix: str = ""
+) -> tuple[list[Job], int]:
+    """Plan every output before any work: returns the jobs and how many non-image files were ignored."""
+    outdir_abs = Path(os.path.abspath(outdir))
+    pairs: list[tuple[Path, Path]] = []  # (source, path relative to OUTDIR)
+    ignored = 0
+    for arg in inputs:
+        for path in _expand(arg):
+            if path.is_dir():
+                walker = path.rglob("*") if recursive else path.iterdir()
+                for f in sorted(walker):
+                    if not f.is_file() or Path(os.path.abspath(f)).is_relative_to(outdir_abs):
+                        continue  # earlier outputs inside an input folder are not inputs
+                    if f.suffix.lower() in IMAGE_SUFFIXES:
+                        pairs.append((f, f.relative_to(path)))
+                    else:
+                        ignored += 1
+            else:
+                pairs.append((path, Path(path.name)))
+    seen: dict[Path, Path] = {}
+    jobs: list[Job] = []
+    claimed: dict[str, Path] = {}
+    for src, rel in pairs:
+        real = Path(os.path.realpath(src))
+        if real in seen:
+            continue  # the same file named twice
+        seen[real] = src
+        ext = FORMAT_SUFFIXES[fmt] if fmt else rel.suffix.lower()
+        key = (rel.parent / f"{rel.stem}{suffix}{ext}").as_posix()
+        if key.lower() in claimed:  # case-insensitive: safe on macOS and Windows file systems too
+            raise BatchError(f"{claimed[key.lower()]} and {src} would both write {outdir / key}; "
+                             "use --suffix, --format or separate output folders")
+        claimed[key.lower()] = src
+        if os.path.realpath(outdir / key) == str(real):
+            raise BatchError(f"{src}: the output would overwrite the input; choose another output folder or --suffix")
+        jobs.append(Job(src, outdir / key, key))
+    if not jobs:
+        raise BatchError("no images to process (known extensions: " + ", ".join(IMAGE_SUFFIXES) + ")")
+    return jobs, ignored
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class Journal:
+    """An append-only JSON-lines record in OUTDIR of outputs that were completely written.
+
+    An entry counts only while the input's sha256, the model's sha256 and the
+    pixel-changing options still match and the output still has its recorded size.
+    """
+
+    def __init__(self, outdir: Path) -> None:
+        self.path = outdir / JOURNAL_NAME
+        self.entries: dict[str, dict[str, Any]] = {}
+        self._lock = threading.Lock()
+        if self.path.is_file():
+            for line in self.path.read_text(encoding="utf-8").splitlines():
+                try:
+                    entry = json.loads(line)
+                    self.entries[entry["output"]] = entry
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    continue  # a line cut short by a crash: that output is simply redone
+
+    def is_done(self, job: Job, model_sha256: str, options: dict[str, Any]) -> bool:
+        entry = self.entries.get(job.key)
+        if not entry or entry.get("model_sha256") != model_sha256 or entry.get("options") != options:
+            return False
+        try:
+            if job.dst.stat().st_size != entry.get("output_size"):
+                return False
+        except OSError:
+            return False
+        return entry.get("input_sha256") == file_sha256(job.src)
+
+    def record(self, job: Job, input_sha256: str, model_sha256: str, options: dict[str, Any]) -> None:
+        entry = {"output": job.key, "input": str(job.src), "input_sha256": input_sha256,
+                 "model_sha256": model_sha256, "options": options, "output_size": job.dst.stat().st_size,
+                 "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        line = json.dumps(entry, sort_keys=True) + "\n"
+        with self._lock:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(line)
+                f.flush()
+                os.fsync(f.fileno())
+            self.entries[job.key] = entry
+
+
+D = TypeVar("D")
+R = TypeVar("R")
+
+
+@dataclass
+class Outcome:
+    job: Job
+    error: str | None = None
+    megapixels: float = 0.0
+
+
+@dataclass
+class Stages(Generic[D, R]):
+    decode: Callable[[Job], D]
+    compute: Callable[[Job, D], R]
+    encode: Callable[[Job, D, R], float]  # returns input megapixels processed
+    on_done: Callable[[Outcome], None] = field(default=lambda o: None)
+
+
+_END = object()
+
+
+def run_batch(jobs: list[Job], stages: Stages[D, R], overlap_io: bool = True, depth: int = 2) -> list[Outcome]:
+    """Run every job; an EsrganError fails that job only. Ctrl-C stops after the write in flight.
+
+    With `overlap_io`, decoding the next image and encoding the previous one run
+    on threads beside the model, through queues of `depth` items so memory
+    stays flat whatever the batch size.
+    """
+    outcomes: list[Outcome] = []
+
+    def finish(outcome: Outcome) -> None:
+        outcomes.append(outcome)
+        stages.on_done(outcome)
+
+    if not overlap_io:
+        for job in jobs:
+            try:
+                data = stages.decode(job)
+                finish(Outcome(job, megapixels=stages.encode(job, data, stages.compute(job, data))))
+            except EsrganError as e:
+                finish(Outcome(job, str(e)))
+        return outcomes
+
+    stop = threading.Event()
+    failure: list[BaseException] = []  # an unexpected error in a worker thread, re-raised in this one
+    decoded: queue.Queue[Any] = queue.Queue(maxsize=depth)
+    computed: queue.Queue[Any] = queue.Queue(maxsize=depth)
+    lock = threading.Lock()
+
+    def put(q: queue.Queue[Any], item: Any) -> None:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def get(q: queue.Queue[Any]) -> Any:
+        while not stop.is_set():
+            try:
+                return q.get(timeout=0.1)
+            except queue.Empty:
+                continue
+        return _END
+
+    def guarded(body: Callable[[], None]) -> Callable[[], None]:
+        def run() -> None:
+            try:
+                body()
+            except BaseException as e:  # handed to the main thread, never swallowed
+                failure.append(e)
+                stop.set()
+
+        return run
+
+    def reader() -> None:
+        for job in jobs:
+            if stop.is_set():
+                return
+            try:
+                item: Any = (job, stages.decode(job), None)
+            except EsrganError as e:
+                item = (job, None, str(e))
+            put(decoded, item)
+        put(decoded, _END)
+
+    def writer() -> None:
+        while (item := get(computed)) is not _END:
+            job, data, result = item
+            try:
+                outcome = Outcome(job, megapixels=stages.encode(job, data, result))
+            except EsrganError as e:
+                outcome = Outcome(job, str(e))
+            with lock:
+                finish(outcome)
+
+    threads = [threading.Thread(target=guarded(reader), daemon=True),
+               threading.Thread(target=guarded(writer), daemon=True)]
+    for t in threads:
+        t.start()
+    try:
+        while (item := get(decoded)) is not _END:
+            job, data, error = item
+            if error is None:
+                try:
+                    put(computed, (job, data, stages.compute(job, data)))
+                    continue
+                except EsrganError as e:
+                    error = str(e)
+            with lock:
+                finish(Outcome(job, error))
+        put(computed, _END)
+        threads[1].join()
+    except BaseException:
+        # Ctrl-C (or a bug): stop reading and drop queued work, but let the write in
+        # flight finish so no temp file or half-written output stays behind.
+        stop.set()
+        threads[1].join()
+        raise
+    if failure:
+        raise failure[0]
+    return outcomes
