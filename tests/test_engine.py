@@ -1,0 +1,102 @@
+"""Device/precision choice, fp16 overflow fallback, out-of-memory halving, the tile budget."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from esrgan_cli.arch import RRDBConfig
+from esrgan_cli.engine import Placement, Upscaler, auto_tile, bytes_per_input_pixel, choose_placement
+from esrgan_cli.errors import DeviceError
+from esrgan_cli.tiling import TileTooLarge, run_tiled
+from esrgan_cli.weights import LoadedWeights, load_weights
+
+from conftest import random_image, tiny_model
+
+
+def test_cpu_defaults_to_fp32_and_never_runs_half_precision() -> None:
+    assert choose_placement("cpu", "auto") == Placement(torch.device("cpu"), torch.float32)
+    for half in ("fp16", "bf16"):
+        placement = choose_placement("cpu", half)
+        assert placement.dtype == torch.float32 and placement.note and half in placement.note
+
+
+@pytest.mark.parametrize("device", ["tpu", "cuda:x", "gpu0"])
+def test_unknown_devices_are_refused(device: str) -> None:
+    with pytest.raises(DeviceError):
+        choose_placement(device, "auto")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_requested_without_cuda() -> None:
+    with pytest.raises(DeviceError, match="not available"):
+        choose_placement("cuda", "auto")
+
+
+def test_fp16_overflow_is_recomputed_in_fp32() -> None:
+    """A tile whose half-precision output is not finite is redone in fp32 and counted."""
+    model = tiny_model()
+    sd = model.state_dict()
+    sd["conv_first.weight"] = sd["conv_first.weight"] * 3e4  # > 65504 after the first conv: inf in fp16
+    weights = LoadedWeights(sd, model.config, {}, Path("overflow"), torch.float32)
+    image = random_image(12, 12)
+    reference = Upscaler(weights, Placement(torch.device("cpu"), torch.float32))(image)
+    half = Upscaler(weights, Placement(torch.device("cpu"), torch.float16))
+    with torch.inference_mode():
+        raw = half.model(torch.from_numpy(image.transpose(2, 0, 1).copy())[None].half())
+    assert not torch.isfinite(raw).all()  # the premise: fp16 really overflows here
+    out = half(image)
+    assert half.fp32_retries == 1
+    assert np.isfinite(out).all() and np.array_equal(out, reference)
+
+
+def test_out_of_memory_asks_the_tiler_for_smaller_tiles(tiny_weights: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    up = Upscaler(load_weights(tiny_weights), Placement(torch.device("cpu"), torch.float32))
+    forward = up.model.forward
+
+    def limited(x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] * x.shape[-2] > 24 * 24:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return forward(x)
+
+    monkeypatch.setattr(up.model, "forward", limited)
+    with pytest.raises(TileTooLarge):
+        up(random_image(40, 40))
+    image = random_image(40, 40)
+    canvas = np.zeros((160, 160, 3), np.float32)
+    calls = run_tiled(image, up, 4, canvas, tile=0, overlap=4)
+    assert calls > 1 and canvas.max() > 0
+
+
+def test_auto_tile_runs_whole_images_that_fit_and_tiles_those_that_do_not() -> None:
+    per_pixel = bytes_per_input_pixel(RRDBConfig(), torch.float32)
+    assert auto_tile(100, 100, 48, per_pixel, budget=int(per_pixel * 100 * 100)) == 0
+    tile = auto_tile(4000, 3000, 48, per_pixel, budget=int(per_pixel * 512 * 512))
+    assert 0 < tile and (tile + 2 * 48) ** 2 * per_pixel <= per_pixel * 512 * 512 and tile % 8 == 0
+
+
+def test_activation_budget_bounds_the_measured_peak(shared: Path) -> None:
+    """The per-pixel estimate behind --tile auto bounds the peak RSS of a real forward pass (CPU, fp32)."""
+    code = """
+import resource, sys, numpy as np, torch
+from pathlib import Path
+from esrgan_cli.engine import Upscaler, choose_placement, bytes_per_input_pixel
+from esrgan_cli.weights import load_weights
+up = Upscaler(load_weights(Path(sys.argv[1])), choose_placement("cpu", "fp32"))
+up(np.random.rand(16, 16, 3).astype(np.float32))
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+up(np.random.rand(128, 128, 3).astype(np.float32))
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+print((peak - base) / 128 / 128, bytes_per_input_pixel(up.config, torch.float32))
+"""
+    import subprocess
+    import sys
+
+    weights = shared / "weights/realesrgan-x4plus.fp16.safetensors"
+    proc = subprocess.run([sys.executable, "-c", code, str(weights)], capture_output=True, text=True, check=True)
+    measured, estimate = (float(v) for v in proc.stdout.split())
+    print(f"\npeak RSS per input pixel: measured {measured:.0f} B, estimate {estimate:.0f} B")
+    assert 0 < measured <= estimate
