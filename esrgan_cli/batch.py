@@ -8,7 +8,6 @@ measured with and without overlapping the stages.
 from __future__ import annotations
 
 import glob
-import hashlib
 import json
 import os
 import queue
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from esrgan_cli.errors import EsrganError
+from esrgan_cli.hashing import sha256_of
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
 FORMAT_SUFFIXES = {"png": ".png", "jpg": ".jpg", "webp": ".webp", "tiff": ".tiff"}
@@ -91,14 +91,6 @@ def collect_jobs(
     return jobs, ignored
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 class Journal:
     """An append-only JSON-lines record in OUTDIR of outputs that were completely written.
 
@@ -127,7 +119,7 @@ class Journal:
                 return False
         except OSError:
             return False
-        return entry.get("input_sha256") == file_sha256(job.src)
+        return entry.get("input_sha256") == sha256_of(job.src)
 
     def record(self, job: Job, input_sha256: str, model_sha256: str, options: dict[str, Any]) -> None:
         entry = {"output": job.key, "input": str(job.src), "input_sha256": input_sha256,

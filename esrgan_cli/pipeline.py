@@ -11,10 +11,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from esrgan_cli.batch import Job, Journal, Stages, file_sha256
+from esrgan_cli.batch import Job, Journal, Stages
 from esrgan_cli.defaults import DEFAULT_MAX_OUTPUT_PIXELS, DEFAULT_OVERLAP
 from esrgan_cli.engine import Upscaler, auto_tile, memory_budget, with_tta
 from esrgan_cli.errors import ImageReadError, ImageWriteError
+from esrgan_cli.hashing import sha256_of
 from esrgan_cli.imageio import (
     LoadedImage,
     compose,
@@ -134,7 +135,7 @@ def batch_stages(
     """Decode, upscale and encode one batch job; a finished output is recorded in `journal`."""
 
     def decode(job: Job) -> tuple[str, LoadedImage]:
-        return (file_sha256(job.src) if journal else ""), read_image(job.src)
+        return (sha256_of(job.src) if journal else ""), read_image(job.src)
 
     def compute(job: Job, data: tuple[str, LoadedImage]) -> UpscaleResult:
         return upscale_image(data[1], upscaler, output_format(job.dst), options)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import pickle
@@ -18,6 +17,7 @@ from safetensors.torch import load_file, safe_open, save_file
 from esrgan_cli.arch import RRDBConfig, RRDBNet
 from esrgan_cli.checkpoint import StateDict, canonicalize, describe
 from esrgan_cli.errors import WeightsError
+from esrgan_cli.hashing import sha256_of
 
 PICKLE_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin")
 META_ARCH = "esrgan.arch"
@@ -31,14 +31,6 @@ class LoadedWeights:
     metadata: dict[str, str]
     path: Path
     source_dtype: torch.dtype  # what the file stored (weights are widened to fp32 on load)
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _config_from_metadata(meta: dict[str, str]) -> RRDBConfig | None:

@@ -17,9 +17,10 @@ from PIL import Image
 from test_cli import esrgan
 
 from esrgan_cli.arch import RRDBConfig
-from esrgan_cli.batch import BatchError, Job, Journal, Stages, collect_jobs, file_sha256, run_batch
+from esrgan_cli.batch import BatchError, Job, Journal, Stages, collect_jobs, run_batch
 from esrgan_cli.engine import Upscaler, choose_placement, with_tta
 from esrgan_cli.errors import EsrganError
+from esrgan_cli.hashing import sha256_of
 from esrgan_cli.weights import load_weights, save_safetensors
 
 from conftest import ROOT, random_image, tiny_model
@@ -80,7 +81,7 @@ def test_journal_validity(tmp_path: Path) -> None:
     job = Job(src, out / "in.png", "in.png")
     job.dst.write_bytes(b"complete output")
     journal = Journal(out)
-    journal.record(job, file_sha256(src), "model-1", {"tile": 64})
+    journal.record(job, sha256_of(src), "model-1", {"tile": 64})
     with open(journal.path, "a") as f:
         f.write('{"output": "half a line')  # a crash mid-append
     again = Journal(out)
