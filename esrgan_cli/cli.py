@@ -190,11 +190,12 @@ def _upscale_many(paths: tuple[str, ...], outdir: Path, model: str | None, devic
     stages = batch_stages(upscaler, options, quality, journal, model_sha, pixel_options)
 
     start = time.perf_counter()
-    with _progress(quiet, "images", files=True) as advance:
+    progress = _progress(quiet, "images", files=len(todo))
+    with progress as advance:
 
         def on_done(outcome: Outcome) -> None:
             if outcome.error:
-                _say(f"failed: {outcome.error}")
+                progress.say(f"failed: {outcome.error}")
             if advance:
                 advance(1, len(todo))
 
@@ -439,10 +440,10 @@ def models_download(names: tuple[str, ...]) -> None:
 class _progress:
     """A rich progress bar over input pixels on stderr; nothing when quiet or not a terminal."""
 
-    def __init__(self, quiet: bool, label: str, files: bool = False) -> None:
+    def __init__(self, quiet: bool, label: str, files: int | None = None) -> None:
         self.enabled = not quiet and sys.stderr.isatty()
         self.label = label
-        self.files = files
+        self.files = files  # a count of files, or None for a bar over pixels
         self.bar: Any = None
         self.task: Any = None
 
@@ -459,14 +460,21 @@ class _progress:
             TimeRemainingColumn,
         )
 
-        count = MofNCompleteColumn() if self.files else TaskProgressColumn()
+        count = MofNCompleteColumn() if self.files is not None else TaskProgressColumn()
         self.bar = Progress(
             TextColumn("{task.description}"), BarColumn(), count, TimeRemainingColumn(),
             console=Console(stderr=True), transient=True,
         )
         self.bar.start()
-        self.task = self.bar.add_task(self.label, total=None)
+        self.task = self.bar.add_task(self.label, total=self.files)
         return self.advance
+
+    def say(self, message: str) -> None:
+        """A message that does not tear the live bar."""
+        if self.bar is not None:
+            self.bar.console.print(f"esrgan: {message}", markup=False, highlight=False)
+        else:
+            _say(message)
 
     def advance(self, n: int, total: int) -> None:
         self.bar.update(self.task, advance=n, total=total)
