@@ -106,19 +106,33 @@ def upscale(
     from esrgan_cli.pipeline import UpscaleOptions
 
     options = UpscaleOptions(tile, overlap, outscale, alpha_mode, max_output_pixels, tta)
-    single = (len(paths) == 1 and not _looks_like_batch(paths[0])
-              and output_path.suffix.lower() in OUTPUT_SUFFIXES and not output_path.is_dir())
-    if single:
+    if _is_single(paths, output_path):
         _upscale_one(Path(paths[0]), output_path, model, device, precision, options, quality, quiet)
     else:
         _upscale_many(paths, output_path, model, device, precision, options, quality, quiet, recursive,
                       out_format, suffix, overwrite, report)
 
 
-def _looks_like_batch(arg: str) -> bool:
+def _is_single(paths: tuple[str, ...], output: Path) -> bool:
+    """One file into -o FILE, or a batch into the folder -o OUTDIR; a mix-up is a usage error."""
     import glob
 
-    return glob.has_magic(arg) or Path(arg).is_dir()
+    many = len(paths) > 1 or glob.has_magic(paths[0]) or Path(paths[0]).is_dir()
+    into_folder = output.is_dir() or str(output).endswith(("/", "\\")) or not output.suffix
+    if into_folder:
+        return False
+    if many:
+        raise click.BadParameter(
+            f"with several inputs, a folder or a glob, -o names an output folder, not a file like {output.name!r}",
+            param_hint="'-o'",
+        )
+    if output.suffix.lower() not in OUTPUT_SUFFIXES:
+        raise click.BadParameter(
+            f"unknown extension {output.suffix!r} (use {', '.join(s[1:] for s in OUTPUT_SUFFIXES)}, "
+            "or a folder)",
+            param_hint="'-o'",
+        )
+    return True
 
 
 def _load_upscaler(model: str | None, device: str, precision: str, quiet: bool) -> tuple[Any, Any]:

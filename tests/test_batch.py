@@ -234,6 +234,15 @@ def test_tta_averages_the_eight_transforms(tiny_weights: Path) -> None:
     assert not np.allclose(expected / 8, up(image), atol=1e-3)  # a random net is not equivariant
 
 
+def test_one_file_into_an_existing_folder_or_a_name_without_extension(tiny_weights: Path, tmp_path: Path) -> None:
+    src = save_png(tmp_path / "one.png")
+    (tmp_path / "dest.png").mkdir()  # a folder, whatever its name says
+    for out in (tmp_path / "dest.png", tmp_path / "fresh"):
+        proc = esrgan("upscale", src, "-o", out, "--model", tiny_weights, "-q")
+        assert proc.returncode == 0, proc.stderr
+        assert Image.open(out / "one.png").size == (40, 48)
+
+
 def test_single_file_mode_is_kept_for_one_file(tiny_weights: Path, tmp_path: Path) -> None:
     src = save_png(tmp_path / "one.png")
     proc = esrgan("upscale", src, "-o", tmp_path / "res.jpg", "--model", tiny_weights, "--tta", "-q")

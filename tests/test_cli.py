@@ -95,7 +95,8 @@ def _truncated(tmp_path: Path) -> Path:
 
 BAD_INPUTS = {
     "missing": (lambda d, png: ["upscale", d / "nope.png", "-o", d / "out.png"], 1, "no such file"),
-    "directory": (lambda d, png: ["upscale", d, "-o", d / "out.png"], 1, "not a file"),
+    "folder into a file name": (lambda d, png: ["upscale", d, "-o", d / "out.png"], 2, "names an output folder"),
+    "not a regular file": (lambda d, png: ["upscale", _fifo(d), "-o", d / "out.png"], 1, "not a file"),
     "text file": (lambda d, png: ["upscale", _write(d / "notes.txt", b"hi"), "-o", d / "out.png"], 1,
                   "not an image"),
     "empty file": (lambda d, png: ["upscale", _write(d / "e.png", b""), "-o", d / "out.png"], 1, "empty file"),
@@ -107,7 +108,6 @@ BAD_INPUTS = {
     "output via other path": (lambda d, png: ["upscale", png, "-o", d / "." / png.name], 1, "overwrite the input"),
     "unwritable output": (lambda d, png: ["upscale", png, "-o", _write(d / "afile", b"x") / "out.png"], 1,
                           "does not exist"),
-    "output is a directory": (lambda d, png: ["upscale", png, "-o", _mkdir(d / "out.png")], 1, "is a directory"),
     "unknown extension": (lambda d, png: ["upscale", png, "-o", d / "out.gif"], 2, "unknown extension"),
     "bad tile": (lambda d, png: ["upscale", png, "-o", d / "out.png", "--tile", "big"], 2, "--tile"),
     "missing model file": (lambda d, png: ["upscale", png, "-o", d / "out.png", "--model", d / "m.pth"], 1,
@@ -123,8 +123,9 @@ def _write(path: Path, data: bytes) -> Path:
     return path
 
 
-def _mkdir(path: Path) -> Path:
-    path.mkdir()
+def _fifo(d: Path) -> Path:
+    path = d / "pipe.png"
+    os.mkfifo(path)
     return path
 
 
