@@ -158,7 +158,12 @@ def _fetch(hub: HubFile, label: str) -> Path:
 def _download(hub: HubFile, label: str) -> Path:
     import huggingface_hub
     from huggingface_hub import errors as hf_errors
+    from huggingface_hub.utils import logging as hf_logging
 
+    # The Hub client logs a warning per connection retry; the error below says it all in one line.
+    # (Its own API, not logging.getLogger: the library configures its logger lazily, resetting the level.)
+    previous_level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
     try:
         return Path(huggingface_hub.hf_hub_download(hub.repo, hub.filename, revision=hub.revision))
     except hf_errors.LocalEntryNotFoundError:
@@ -174,6 +179,8 @@ def _download(hub: HubFile, label: str) -> Path:
     except (hf_errors.HfHubHTTPError, OSError) as e:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ModelNotFoundError(f"{label}: download of {hub.where()} failed: {reason[:200]}") from None
+    finally:
+        hf_logging.set_verbosity(previous_level)
 
 
 def _discard(path: Path) -> None:

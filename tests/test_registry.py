@@ -146,3 +146,25 @@ def test_shipped_registry_is_pinned_and_complete() -> None:
     paper = registry.models["esrgan-x4"]
     assert paper.hub.sha256 == "65fece06e1ccb48853242aa972bdf00ad07a7dd8938d2dcbdf4221b59f6372ce"
     assert paper.config == RRDBConfig()
+
+
+def test_hub_client_warnings_are_quiet_during_download_and_restored(
+    pth: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from huggingface_hub.utils import logging as hf_logging
+
+    monkeypatch.setenv("ESRGAN_CACHE", str(tmp_path / "cache"))
+    levels: list[int] = []
+
+    def retrying_download(repo_id: str, filename: str, **kw: object) -> str:
+        levels.append(hf_logging.get_verbosity())
+        hf_logging.get_logger("huggingface_hub.utils._http").warning("Retrying in 1s [Retry 1/5].")
+        raise hf_errors.LocalEntryNotFoundError("cannot reach the Hub")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", retrying_download)
+    before = hf_logging.get_verbosity()
+    with pytest.raises(ModelNotFoundError):
+        resolve_model("tiny", load_registry(make_registry(tmp_path, pth)))
+    assert levels == [hf_logging.ERROR]
+    assert hf_logging.get_verbosity() == before
+    assert "Retrying" not in capsys.readouterr().err
