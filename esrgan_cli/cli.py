@@ -6,6 +6,7 @@ Heavy modules (torch, numpy, Pillow) are imported inside the commands so that
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -118,7 +119,8 @@ def _is_single(paths: tuple[str, ...], output: Path) -> bool:
     import glob
 
     many = len(paths) > 1 or glob.has_magic(paths[0]) or Path(paths[0]).is_dir()
-    into_folder = output.is_dir() or str(output).endswith(("/", "\\")) or not output.suffix
+    # os.path never raises (Path.is_dir does on a name too long for the file system).
+    into_folder = os.path.isdir(output) or str(output).endswith(("/", "\\")) or not output.suffix
     if into_folder:
         return False
     if many:
@@ -151,10 +153,11 @@ def _load_upscaler(model: str | None, device: str, precision: str, quiet: bool) 
 
 def _upscale_one(input_path: Path, output_path: Path, model: str | None, device: str, precision: str,
                  options: Any, quality: int, quiet: bool) -> None:
+    from esrgan_cli.atomic import check_output
     from esrgan_cli.imageio import output_format, read_image, write_image
-    from esrgan_cli.pipeline import check_paths, upscale_image
+    from esrgan_cli.pipeline import upscale_image
 
-    check_paths(input_path, output_path)
+    check_output(input_path, output_path)
     fmt = output_format(output_path)
     image = read_image(input_path)
     upscaler, resolved = _load_upscaler(model, device, precision, quiet)
@@ -220,7 +223,7 @@ def _upscale_many(paths: tuple[str, ...], outdir: Path, model: str | None, devic
     failed = [o for o in outcomes if o.error]
     mpx = sum(o.megapixels for o in done)
     if report is not None:
-        from esrgan_cli.imageio import write_text
+        from esrgan_cli.atomic import atomic_write
 
         data = {
             "model": resolved.source, "model_sha256": model_sha, "seconds": round(seconds, 3),
@@ -229,7 +232,8 @@ def _upscale_many(paths: tuple[str, ...], outdir: Path, model: str | None, devic
             "skipped": [{"input": str(j.src), "output": str(j.dst)} for j in skipped],
             "failed": [{"input": str(o.job.src), "output": str(o.job.dst), "error": o.error} for o in failed],
         }
-        write_text(report, json.dumps(data, indent=2) + "\n")
+        with atomic_write(report) as tmp:
+            tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
     if not quiet or failed:
         _say(f"done {len(done)}, skipped {len(skipped)}, failed {len(failed)} in {seconds:.1f} s "
              f"({mpx / seconds if seconds > 0 else 0:.3f} input Mpx/s)")
@@ -281,6 +285,7 @@ def blend(model_a: str, model_b: str, alpha_text: str, output_path: Path, extrap
       esrgan blend psnr.pth gan.pth --alpha 0:1:0.25 -o sweep.safetensors --preview photo.png
     """
     _safetensors_output(output_path)
+    from esrgan_cli.atomic import check_folder
     from esrgan_cli.blend import blend as blend_weights
     from esrgan_cli.blend import check_compatible, parse_alphas
     from esrgan_cli.weights import LoadedWeights, save_safetensors, sha256_of
@@ -291,8 +296,7 @@ def blend(model_a: str, model_b: str, alpha_text: str, output_path: Path, extrap
         raise click.BadParameter(str(e), param_hint="'--alpha'") from None
     if not extrapolate and any(not 0 <= a <= 1 for a in alphas):
         raise click.BadParameter("alpha must be within [0, 1] (or pass --extrapolate)", param_hint="'--alpha'")
-    if not output_path.parent.is_dir():
-        raise EsrganError(f"{output_path}: folder {output_path.parent} does not exist")
+    check_folder(output_path)
     a, b = _load_model(model_a), _load_model(model_b)
     check_compatible(a, b)
     out_dtype = _torch_dtype(dtype, a, b)
@@ -352,13 +356,11 @@ def convert(model: str, output_path: Path, dtype: str) -> None:
     _safetensors_output(output_path)
     import torch
 
+    from esrgan_cli.atomic import check_output
     from esrgan_cli.weights import save_safetensors, sha256_of
 
     weights = _load_model(model)
-    if output_path.exists() and output_path.resolve() == weights.path.resolve():
-        raise EsrganError(f"{output_path}: the output would overwrite the input; choose another output path")
-    if not output_path.parent.is_dir():
-        raise EsrganError(f"{output_path}: folder {output_path.parent} does not exist")
+    check_output(weights.path, output_path)
     out_dtype = weights.source_dtype if dtype == "auto" else _torch_dtype(dtype)
     if not out_dtype.is_floating_point or out_dtype == torch.float64:
         out_dtype = torch.float32

@@ -11,8 +11,12 @@ class ImageReadError(EsrganError):
     """The input is missing, unreadable, not an image, truncated or too large."""
 
 
-class ImageWriteError(EsrganError):
-    """The output cannot be written where the user asked."""
+class OutputWriteError(EsrganError):
+    """An output (image, weights, report) cannot be written where the user asked."""
+
+
+class ImageWriteError(OutputWriteError):
+    """The output image cannot be written: unknown format, a folder in the way, the input itself."""
 
 
 class WeightsError(EsrganError):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import struct
-import tempfile
 import warnings
 import zlib
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from esrgan_cli.atomic import atomic_write
 from esrgan_cli.errors import ImageReadError, ImageWriteError
 
 FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".tif": "TIFF", ".tiff": "TIFF",
@@ -186,13 +186,10 @@ def compose(
 def write_image(
     img: Image.Image, path: Path, fmt: str, source: LoadedImage, quality: int, notes: list[str]
 ) -> None:
-    """Encode into a temp file beside `path`, then rename over it: a reader never sees half a file."""
+    """Encode atomically (see atomic.py): a reader never sees half a file."""
     path = Path(path)
-    folder = path.parent if str(path.parent) else Path(".")
-    if path.is_dir():
+    if os.path.isdir(path):
         raise ImageWriteError(f"{path}: is a directory")
-    if not folder.is_dir():
-        raise ImageWriteError(f"{path}: folder {folder} does not exist")
     params: dict[str, object] = {}
     icc = source.icc_profile
     if source.cmyk and img.mode != "CMYK":
@@ -204,19 +201,8 @@ def write_image(
         params["exif"] = source.exif
     if fmt in ("JPEG", "WEBP"):
         params["quality"] = quality
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    except OSError as e:
-        raise ImageWriteError(f"{path}: cannot write there ({e.strerror or _one_line(e)})") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            img.save(f, format=fmt, **params)
-        os.replace(tmp, path)
-    except BaseException as e:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(e, OSError):
-            raise ImageWriteError(f"{path}: cannot write ({e.strerror or _one_line(e)})") from None
-        raise
+    with atomic_write(path) as tmp:
+        img.save(tmp, format=fmt, **params)
 
 
 def contact_sheet(images: list[Image.Image], labels: list[str], gap: int = 8) -> Image.Image:
@@ -237,19 +223,3 @@ def contact_sheet(images: list[Image.Image], labels: list[str], gap: int = 8) ->
         x += tile.width + gap
     return sheet
 
-
-def write_text(path: Path, text: str) -> None:
-    """Atomic text write (reports), like write_image."""
-    path = Path(path)
-    folder = path.parent if str(path.parent) else Path(".")
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    except OSError as e:
-        raise ImageWriteError(f"{path}: cannot write there ({e.strerror or _one_line(e)})") from None
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -14,7 +12,7 @@ from PIL import Image
 from esrgan_cli.batch import Job, Journal, Stages
 from esrgan_cli.defaults import DEFAULT_MAX_OUTPUT_PIXELS, DEFAULT_OVERLAP
 from esrgan_cli.engine import Upscaler, auto_tile, memory_budget, with_tta
-from esrgan_cli.errors import ImageReadError, ImageWriteError
+from esrgan_cli.errors import ImageReadError
 from esrgan_cli.hashing import sha256_of
 from esrgan_cli.imageio import (
     LoadedImage,
@@ -49,18 +47,6 @@ class UpscaleResult:
     fp32_retries: int
     seconds: float
     notes: list[str] = field(default_factory=list)
-
-
-def check_paths(src: Path, dst: Path) -> None:
-    """Refuse to overwrite the input, before any work is done."""
-    same = Path(os.path.abspath(src)) == Path(os.path.abspath(dst))
-    if not same and dst.exists() and src.exists():
-        same = os.path.samefile(src, dst)
-    if same:
-        raise ImageWriteError(f"{dst}: the output would overwrite the input; choose another output path")
-    folder = dst.parent if str(dst.parent) else Path(".")
-    if not folder.is_dir():
-        raise ImageWriteError(f"{dst}: folder {folder} does not exist")
 
 
 def final_size(image: LoadedImage, scale: int, outscale: float | None) -> tuple[int, int]:

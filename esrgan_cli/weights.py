@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import pickle
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +13,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
 from esrgan_cli.arch import RRDBConfig, RRDBNet
+from esrgan_cli.atomic import atomic_write
 from esrgan_cli.checkpoint import StateDict, canonicalize, describe
 from esrgan_cli.errors import WeightsError
 from esrgan_cli.hashing import sha256_of
@@ -118,14 +117,8 @@ def save_safetensors(
     path = Path(path)
     meta = {META_ARCH: "RRDBNet", META_CONFIG: config.to_json(), **(extra_metadata or {})}
     tensors = {k: (v.to(dtype) if dtype else v).contiguous() for k, v in sd.items()}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=meta)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
 
 
 def describe_weights(weights: LoadedWeights, source: str) -> dict[str, object]:

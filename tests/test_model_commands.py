@@ -150,3 +150,17 @@ def test_info_text_and_models_list(tiny_weights: Path, tmp_path: Path) -> None:
 def test_convert_refuses_non_safetensors_output(tiny_weights: Path, tmp_path: Path) -> None:
     proc = esrgan("convert", tiny_weights, "-o", tmp_path / "x.pth")
     assert proc.returncode == 2 and "safetensors" in proc.stderr
+
+
+def test_convert_to_an_unwritable_name_is_one_line(tiny_weights: Path, tmp_path: Path) -> None:
+    out = tmp_path / ("x" * 300 + ".safetensors")  # too long for the file system, even for root
+    proc = esrgan("convert", tiny_weights, "-o", out)
+    assert_one_line_error(proc, 1, "cannot write there")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.safetensors"]
+
+
+def test_convert_onto_its_own_input_is_refused(tiny_weights: Path) -> None:
+    before = tiny_weights.read_bytes()
+    proc = esrgan("convert", tiny_weights, "-o", tiny_weights)
+    assert_one_line_error(proc, 1, "overwrite the input")
+    assert tiny_weights.read_bytes() == before
