@@ -19,6 +19,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from esrgan_cli.atomic import atomic_write
 from esrgan_cli.errors import ImageReadError, ImageWriteError
+from esrgan_cli.tiling import to_canvas_dtype
 
 FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".tif": "TIFF", ".tiff": "TIFF",
            ".bmp": "BMP"}
@@ -133,6 +134,21 @@ def _to_arrays(path: Path, img: Image.Image) -> LoadedImage:
 def _unit(img: Image.Image) -> np.ndarray:
     arr = np.asarray(img, dtype=np.float32) / 255.0
     return arr[..., None] if arr.ndim == 2 else arr
+
+
+def to_uint8(rgb: np.ndarray) -> np.ndarray:
+    """Float [0, 1] → 8-bit, rounded."""
+    return to_canvas_dtype(rgb, np.dtype(np.uint8))
+
+
+def image_files(folder: Path) -> list[Path]:
+    """Files under `folder` (recursive) with an image extension, hidden names skipped, sorted."""
+    root = Path(folder)
+    return sorted(
+        p for p in root.rglob("*")
+        if p.suffix.lower() in FORMATS and p.is_file()
+        and not any(part.startswith(".") for part in p.relative_to(root).parts)
+    )
 
 
 def output_bit_depth(image: LoadedImage, fmt: str) -> int:

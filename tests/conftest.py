@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from esrgan_cli.arch import RRDBConfig, RRDBNet, init_weights
+from esrgan_cli.metrics import psnr as metrics_psnr
 from esrgan_cli.weights import save_safetensors
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -90,5 +91,5 @@ def random_image(h: int, w: int, seed: int = 0) -> np.ndarray:
 
 
 def psnr(a: np.ndarray, b: np.ndarray, peak: float = 1.0) -> float:
-    mse = float(np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2))
-    return float("inf") if mse == 0 else 10 * np.log10(peak**2 / mse)
+    """PSNR of float images in [0, 1] by default."""
+    return metrics_psnr(a, b, peak)
