@@ -122,14 +122,17 @@ class RRDBNet(nn.Module):
 
 
 def init_weights(model: RRDBNet, scale: float = 0.1, seed: int | None = None) -> RRDBNet:
-    """The paper's initialisation: Kaiming-normal weights scaled by `scale`, zero biases."""
+    """The paper's initialisation: Kaiming-normal weights, zero biases, and the convs inside the residual dense
+    blocks scaled by `scale`. As in BasicSR, only those are scaled: scaling the head and the upsampling path too
+    leaves the output near zero and stalls early training."""
     gen = torch.Generator().manual_seed(seed) if seed is not None else None
+    scaled = {id(m) for rdb in model.modules() if isinstance(rdb, ResidualDenseBlock) for m in rdb.modules()}
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, nn.Conv2d):
                 fan_in = m.weight[0].numel()
-                std = math.sqrt(2.0 / fan_in)
-                m.weight.copy_(torch.randn(m.weight.shape, generator=gen) * std * scale)
+                std = math.sqrt(2.0 / fan_in) * (scale if id(m) in scaled else 1.0)
+                m.weight.copy_(torch.randn(m.weight.shape, generator=gen) * std)
                 if m.bias is not None:
                     m.bias.zero_()
     return model

@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from esrgan_cli import __version__
+from esrgan_cli import __version__, cli_train
 from esrgan_cli.defaults import DEFAULT_MAX_OUTPUT_PIXELS, DEFAULT_OVERLAP, DEFAULT_QUALITY
 from esrgan_cli.errors import EsrganError
 
@@ -451,6 +451,9 @@ def models_download(names: tuple[str, ...]) -> None:
             _say(f"error: {e}")
     if failed:
         raise SystemExit(1)
+
+
+cli_train.register(cli)
 
 
 class _progress:

@@ -100,9 +100,9 @@ def resolve_model(spec: str, registry: Registry | None = None) -> ResolvedModel:
     registry = registry or load_registry()
     if spec in registry.models:
         entry = registry.models[spec]
-        return ResolvedModel(_fetch(entry.hub, f"model {spec!r}"), spec)
+        return ResolvedModel(fetch(entry.hub, f"model {spec!r}"), spec)
     if spec.startswith("hf:"):
-        return ResolvedModel(_fetch(parse_hf_spec(spec), spec), spec)
+        return ResolvedModel(fetch(parse_hf_spec(spec), spec), spec)
     path = Path(spec).expanduser()
     if path.is_file():
         return ResolvedModel(path, spec)
@@ -126,7 +126,9 @@ def _converted_path(sha256: str) -> Path:
     return cache_dir() / "converted" / f"{sha256}.safetensors"
 
 
-def _fetch(hub: HubFile, label: str) -> Path:
+def fetch(hub: HubFile, label: str) -> Path:
+    """A Hub file, downloaded once into the Hugging Face cache and verified; legacy RRDBNet pickles come back as
+    the safetensors file converted from them."""
     if hub.sha256 and (done := _converted_path(hub.sha256)).is_file():
         return done
     path = _download(hub, label)

@@ -1,0 +1,339 @@
+"""`esrgan train` and `esrgan eval`: the command-line side of training and benchmarking (printing lives here)."""
+
+from __future__ import annotations
+
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from esrgan_cli.errors import EsrganError
+
+
+def _say(message: str) -> None:
+    click.echo(f"esrgan: {message}", err=True)
+
+
+def _milestones(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    try:
+        found = tuple(int(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a comma-separated list of iterations") from None
+    if not found or any(m < 1 for m in found):
+        raise click.BadParameter("milestones are positive iteration numbers")
+    return found
+
+
+@click.command()
+@click.option("--stage", type=click.Choice(["psnr", "gan"]), required=True,
+              help="psnr: L1 training from scratch; gan: the perceptual + adversarial fine-tune from --init.")
+@click.option("--data", type=click.Path(path_type=Path), help="Folder of HR training images (searched recursively).")
+@click.option("--out", "run_dir", type=click.Path(path_type=Path), required=True,
+              help="Run folder: models, log.jsonl and the resume state go here.")
+@click.option("--val", type=click.Path(path_type=Path), default=None, help="Folder of HR validation images.")
+@click.option("--iters", type=click.IntRange(min=1), default=None, help="Total iterations [default: 1000].")
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--patch-size", type=click.IntRange(min=8), default=128, show_default=True, help="HR patch side.")
+@click.option("--blocks", type=click.IntRange(min=1), default=23, show_default=True, help="RRDB blocks.")
+@click.option("--features", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--growth", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--scale", type=click.Choice(["1", "2", "4", "8"]), default="4", show_default=True)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Learning rate [default: 2e-4 psnr, 1e-4 gan].")
+@click.option("--milestones", callback=_milestones, default=None, metavar="N,N,...",
+              help="Iterations where the learning rate halves [default: the paper's, scaled to --iters].")
+@click.option("--val-every", type=click.IntRange(min=1), default=None, help="[default: 1000 or --iters]")
+@click.option("--save-every", type=click.IntRange(min=1), default=None, help="[default: 1000 or --iters]")
+@click.option("--log-every", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its latest state.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True,
+              help="Mixed precision (autocast); fp16 uses loss scaling and needs CUDA.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--workers", type=click.IntRange(min=0), default=None,
+              help="DataLoader worker processes [default: 4 on CUDA, 0 on CPU].")
+@click.option("--init", "init_path", type=click.Path(path_type=Path), default=None,
+              help="GAN stage: the PSNR-stage model to start from.")
+@click.option("--perceptual-weights", default="hub", show_default=True, metavar="PATH|hub|random",
+              help="VGG19 weights for the perceptual loss: a local file, the Hub (timm/vgg19.tv_in1k), or random "
+                   "(tests only).")
+@click.option("--perceptual-layer", default="conv5_4", show_default=True,
+              help="VGG19 layer whose features (before ReLU) are compared.")
+@click.option("--perceptual-input", type=click.Choice(["auto", "imagenet-rgb", "caffe-bgr"]), default="auto",
+              show_default=True, help="The VGG weights' input convention; auto reads the file's metadata.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar; warnings and errors still go to stderr.")
+@click.pass_context
+def train(ctx: click.Context, stage: str, data: Path | None, run_dir: Path, val: Path | None, iters: int | None,
+          batch_size: int, patch_size: int, blocks: int, features: int, growth: int, scale: str, lr: float | None,
+          milestones: tuple[int, ...] | None, val_every: int | None, save_every: int | None, log_every: int,
+          resume: bool, device: str, precision: str, seed: int, workers: int | None, init_path: Path | None,
+          perceptual_weights: str, perceptual_layer: str, perceptual_input: str, quiet: bool) -> None:
+    """Train RRDBNet the ESRGAN way: --stage psnr, then --stage gan from it.
+
+    Every --save-every iterations the EMA model is written as RUN/model_<iter>.safetensors (usable by `esrgan
+    upscale`) with the resume state; Ctrl-C saves the state too. Several GPUs or machines: start it with
+    torchrun (DistributedDataParallel; --batch-size is the total over processes).
+
+    \b
+    Examples:
+      esrgan train --stage psnr --data photos/ --val val/ --out runs/psnr --iters 100000
+      esrgan train --stage psnr --out runs/psnr --resume
+      esrgan train --stage gan --data photos/ --init runs/psnr/model_100000.safetensors --out runs/gan
+      torchrun --nproc_per_node 4 -m esrgan_cli train --stage psnr --data photos/ --out runs/psnr
+    """
+    import torch
+
+    from esrgan_cli.arch import RRDBConfig
+    from esrgan_cli.engine import choose_placement
+    from esrgan_cli.train import Distributed, Trainer, init_distributed, stored_config
+    from esrgan_cli.trainconfig import TrainConfig
+
+    placement = choose_placement(device, "fp32")
+    dist_ctx = Distributed.from_env()
+    torch_device = placement.device
+    if dist_ctx.world > 1 and torch_device.type == "cuda":
+        torch_device = torch.device("cuda", dist_ctx.local_rank)
+        torch.cuda.set_device(torch_device)
+    if workers is None:
+        workers = 4 if torch_device.type == "cuda" else 0
+    if resume:
+        config = _resumed_config(ctx, stored_config(run_dir), stage, iters, val_every, save_every, log_every, workers)
+    else:
+        if data is None:
+            raise click.UsageError("give --data (a folder of HR images), or --resume a run")
+        if (run_dir / "state.pt").exists():
+            raise EsrganError(f"{run_dir} already holds a run: add --resume to continue it, or choose another --out")
+        n = iters or 1000
+        model = RRDBConfig(num_feat=features, num_block=blocks, num_grow=growth, scale=int(scale))
+        if stage == "gan" and init_path is not None:
+            model = _init_architecture(ctx, init_path, model)
+        try:
+            config = TrainConfig(
+                stage=stage, data=str(data), iters=n, val=str(val) if val else None, batch_size=batch_size,
+                patch_size=patch_size, lr=lr or 0.0, milestones=milestones,
+                model=model,
+                val_every=val_every or min(1000, n), save_every=save_every or min(1000, n), log_every=log_every,
+                seed=seed, workers=workers, precision=precision, init=str(init_path) if init_path else None,
+                perceptual_weights=perceptual_weights, perceptual_layer=perceptual_layer,
+                perceptual_input=perceptual_input,
+            )
+        except ValueError as e:
+            raise click.UsageError(str(e)) from None
+    init_distributed(dist_ctx, torch_device)
+    bar = _TrainProgress(quiet or not dist_ctx.main, config.iters)
+    stop = _StopFlag()
+    with stop, bar:
+        trainer = Trainer(config, run_dir, torch_device, resume, bar.report, dist_ctx)
+        bar.start(trainer.iteration)
+        finished = trainer.run(stop.is_set)
+    if not finished:
+        _say(f"interrupted at iteration {trainer.iteration}; the state is saved: rerun with --resume")
+        raise KeyboardInterrupt
+    if dist_ctx.main and not quiet:
+        _say(f"done: {config.iters} iterations; model in {run_dir / f'model_{config.iters}.safetensors'}")
+
+
+def _init_architecture(ctx: click.Context, init_path: Path, given: Any) -> Any:
+    """The GAN stage trains the --init model's architecture; explicit --blocks etc. must agree with it."""
+    from esrgan_cli.weights import load_weights
+
+    found = load_weights(init_path).config
+    for option, field_name in (("blocks", "num_block"), ("features", "num_feat"), ("growth", "num_grow"),
+                               ("scale", "scale")):
+        if ctx.get_parameter_source(option) == click.core.ParameterSource.COMMANDLINE:
+            if getattr(given, field_name) != getattr(found, field_name):
+                raise click.UsageError(f"--{option} {getattr(given, field_name)} differs from the --init model's "
+                                       f"{getattr(found, field_name)}")
+    return found
+
+
+def _resumed_config(ctx: click.Context, stored: Any, stage: str, iters: int | None, val_every: int | None,
+                    save_every: int | None, log_every: int, workers: int) -> Any:
+    """The run's own configuration; options that would change what it computes must not be given differently."""
+    if stage != stored.stage:
+        raise click.UsageError(f"the run in --out is a {stored.stage} run, not {stage}")
+    fixed = {"data": "data", "batch_size": "batch_size", "patch_size": "patch_size", "lr": "lr", "seed": "seed",
+             "precision": "precision", "milestones": "milestones"}
+    for option, field_name in fixed.items():
+        source = ctx.get_parameter_source(option)
+        given = ctx.params[option]
+        if source == click.core.ParameterSource.COMMANDLINE and given is not None:
+            stored_value = getattr(stored, field_name)
+            if str(given) != str(stored_value) and not (option == "lr" and float(given) == float(stored_value)):
+                raise click.UsageError(
+                    f"--{option.replace('_', '-')} {given} differs from the run's {stored_value}; "
+                    "a resumed run keeps its settings (start a new --out to change them)"
+                )
+    changes: dict[str, object] = {"workers": workers, "log_every": log_every}
+    if iters is not None:
+        changes["iters"] = iters
+    if val_every is not None:
+        changes["val_every"] = val_every
+    if save_every is not None:
+        changes["save_every"] = save_every
+    return stored.resumed_with(**changes)
+
+
+class _StopFlag:
+    """Ctrl-C asks the trainer to stop after the current iteration (saving its state) instead of killing it."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+
+    def is_set(self) -> bool:
+        return self.requested
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.requested:  # a second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        self.requested = True
+        _say("stopping after this iteration (Ctrl-C again to abort without saving)")
+
+    def __enter__(self) -> _StopFlag:
+        self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        signal.signal(signal.SIGINT, self._previous)
+
+
+class _TrainProgress:
+    """A rich bar (iterations/s, ETA, losses) on a terminal; plain lines for validations and saves otherwise."""
+
+    def __init__(self, quiet: bool, total: int) -> None:
+        self.quiet = quiet
+        self.total = total
+        self.live = not quiet and sys.stderr.isatty()
+        self.bar: Any = None
+        self.task: Any = None
+
+    def __enter__(self) -> _TrainProgress:
+        if self.live:
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeRemainingColumn,
+            )
+
+            self.bar = Progress(
+                TextColumn("train"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), TextColumn("{task.fields[losses]}"),
+                console=Console(stderr=True), transient=True,
+            )
+            self.bar.start()
+        return self
+
+    def start(self, done: int) -> None:
+        import time
+
+        self._t0, self._done0 = time.perf_counter(), done
+        if self.bar is not None:
+            self.task = self.bar.add_task("train", total=self.total, completed=done, rate="", losses="")
+
+    def report(self, r: Any) -> None:
+        import time
+
+        if r.kind == "warn":
+            self._print(f"warning: {r.message}")
+        elif self.quiet:
+            return
+        elif r.kind == "step" and self.task is not None:
+            elapsed = time.perf_counter() - self._t0
+            rate = (r.iteration - self._done0) / elapsed if elapsed > 0 else 0.0
+            losses = " ".join(f"{k} {v:.4g}" for k, v in r.values.items() if k != "lr")
+            self.bar.update(self.task, completed=r.iteration, rate=f"{rate:.2f} it/s", losses=losses)
+        elif r.kind == "val":
+            v = r.values
+            self._print(f"iteration {r.iteration}: validation PSNR {v['val_psnr']:.2f} dB "
+                        f"(bicubic {v['val_psnr_bicubic']:.2f} dB), SSIM {v['val_ssim']:.4f}")
+        elif r.kind == "save":
+            self._print(f"iteration {r.iteration}: saved {r.message}")
+
+    def _print(self, message: str) -> None:
+        if self.bar is not None:
+            self.bar.console.print(f"esrgan: {message}", markup=False, highlight=False)
+        else:
+            _say(message)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+@click.command("eval")
+@click.argument("model", metavar="MODEL")
+@click.option("--hr", "hr_dir", type=click.Path(path_type=Path), required=True, help="Folder of HR images.")
+@click.option("--lr", "lr_dir", type=click.Path(path_type=Path), default=None,
+              help="Folder of LR images (NAME or NAMEx4); default: made from HR by MATLAB-style bicubic.")
+@click.option("--scale", type=click.IntRange(min=1), default=None,
+              help="Only for MODEL 'bicubic' [default: 4]; a model's own scale is used otherwise.")
+@click.option("--tile", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Tile size in input pixels; 0 runs each image whole.")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def evaluate(model: str, hr_dir: Path, lr_dir: Path | None, scale: int | None, tile: int, device: str,
+             as_json: bool) -> None:
+    """Y-channel PSNR and SSIM of MODEL on a benchmark, beside bicubic.
+
+    As in the literature: BT.601 luma, `scale` border pixels cropped, outputs
+    rounded to 8 bits. MODEL is a model name, file or hf: spec, or `bicubic`.
+
+    \b
+    Examples:
+      esrgan eval bicubic --hr Set5/HR --lr Set5/LR_bicubic/X4
+      esrgan eval runs/psnr/model_100000.safetensors --hr Set14/HR --json
+    """
+    import json
+
+    from esrgan_cli.evaluate import bicubic, pair_images, score_pairs, summarize, tiled
+
+    if model == "bicubic":
+        s = scale or 4
+        upscale = bicubic(s)
+        label = "bicubic"
+    else:
+        from esrgan_cli.defaults import DEFAULT_OVERLAP
+        from esrgan_cli.engine import Upscaler, choose_placement
+        from esrgan_cli.registry import resolve_model
+        from esrgan_cli.weights import load_weights
+
+        weights = load_weights(resolve_model(model).path)
+        if scale is not None and scale != weights.config.scale:
+            raise click.UsageError(f"--scale {scale} differs from the model's x{weights.config.scale}")
+        # fp32 everywhere: a benchmark figure must not depend on the device's half precision.
+        upscaler = Upscaler(weights, choose_placement(device, "fp32"))
+        s = upscaler.scale
+        upscale = tiled(upscaler, s, tile, DEFAULT_OVERLAP, upscaler.align)
+        label = model
+    pairs = pair_images(hr_dir, lr_dir, s)
+    if not as_json:
+        click.echo(f"{'image':<20} {'PSNR':>8} {'SSIM':>8}   {'bicubic':>8} {'SSIM':>8}")
+    scores = []
+    for score in score_pairs(pairs, upscale, s):
+        scores.append(score)
+        if not as_json:
+            click.echo(f"{score.name:<20} {score.psnr:8.2f} {score.ssim:8.4f}   {score.psnr_bicubic:8.2f} "
+                       f"{score.ssim_bicubic:8.4f}")
+    mean = summarize(scores)
+    if as_json:
+        data = {"model": label, "scale": s, "hr": str(hr_dir), "lr": str(lr_dir) if lr_dir else None,
+                "images": [vars(x) for x in scores], "mean": vars(mean)}
+        click.echo(json.dumps(data, indent=2))
+        return
+    click.echo(f"{'mean':<20} {mean.psnr:8.2f} {mean.ssim:8.4f}   {mean.psnr_bicubic:8.2f} {mean.ssim_bicubic:8.4f}")
+    click.echo(f"({label}: PSNR dB, SSIM | bicubic: PSNR dB, SSIM; Y channel, {s}-pixel border cropped, "
+               f"{len(scores)} images)")
+
+
+def register(group: click.Group) -> None:
+    group.add_command(train)
+    group.add_command(evaluate)
+

@@ -1,0 +1,96 @@
+"""What a training run is: a frozen configuration, stored in the run folder so `--resume` continues the same run."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, replace
+
+from esrgan_cli.arch import RRDBConfig
+
+STAGES = ("psnr", "gan")
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+# The paper halves the learning rate every 2e5 of 1e6 iterations (PSNR stage) and at 50k/100k/200k/300k of 400k
+# (GAN stage). Runs of other lengths keep the same shape: the milestones are these fractions of --iters.
+MILESTONE_FRACTIONS = {"psnr": (0.2, 0.4, 0.6, 0.8), "gan": (0.125, 0.25, 0.5, 0.75)}
+DEFAULT_LR = {"psnr": 2e-4, "gan": 1e-4}
+
+# Fields that may differ when a run is resumed: they change how long and how visibly it runs, not what it computes.
+RESUMABLE_FIELDS = ("iters", "val_every", "save_every", "log_every", "workers")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    stage: str
+    data: str
+    iters: int
+    model: RRDBConfig = field(default_factory=lambda: RRDBConfig(num_block=23))
+    val: str | None = None
+    batch_size: int = 16
+    patch_size: int = 128  # HR side
+    lr: float = 0.0  # 0: the stage's default
+    milestones: tuple[int, ...] | None = None  # None: the paper's, scaled to `iters`
+    betas: tuple[float, float] = (0.9, 0.99)
+    ema_decay: float = 0.999
+    val_every: int = 1000
+    save_every: int = 1000
+    log_every: int = 10
+    seed: int = 0
+    workers: int = 0
+    precision: str = "fp32"
+    # GAN stage
+    init: str | None = None
+    perceptual_weights: str = "hub"
+    perceptual_layer: str = "conv5_4"
+    perceptual_input: str = "auto"
+    pixel_weight: float = 1e-2
+    perceptual_weight: float = 1.0
+    gan_weight: float = 5e-3
+    disc_features: int = 64
+
+    def __post_init__(self) -> None:
+        if self.stage not in STAGES:
+            raise ValueError(f"stage must be one of {', '.join(STAGES)}, got {self.stage!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        for name in ("iters", "batch_size", "patch_size", "val_every", "save_every", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.patch_size % self.model.scale:
+            raise ValueError(f"the patch size {self.patch_size} must be a multiple of the scale {self.model.scale}")
+        if self.stage == "gan":
+            if not self.init:
+                raise ValueError("the GAN stage starts from a PSNR-stage model: give --init")
+            if self.patch_size % 32:
+                raise ValueError(f"the GAN stage needs a patch size that is a multiple of 32, got {self.patch_size}")
+        if self.lr == 0.0:
+            object.__setattr__(self, "lr", DEFAULT_LR[self.stage])
+        if self.milestones is None:
+            fractions = MILESTONE_FRACTIONS[self.stage]
+            object.__setattr__(self, "milestones", tuple(max(1, round(f * self.iters)) for f in fractions))
+        else:
+            object.__setattr__(self, "milestones", tuple(sorted(self.milestones)))
+
+    def lr_at(self, iteration: int) -> float:
+        """The learning rate of step `iteration` (0-based): halved at every milestone already passed."""
+        passed = sum(1 for m in self.milestones or () if iteration >= m)
+        return self.lr * 0.5**passed
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> TrainConfig:
+        data = json.loads(text)
+        data["model"] = RRDBConfig(**data["model"])
+        for key in ("milestones", "betas"):
+            if data.get(key) is not None:
+                data[key] = tuple(data[key])
+        return cls(**data)
+
+    def resumed_with(self, **changes: object) -> TrainConfig:
+        """This run's configuration with the fields a resume may change replaced."""
+        unknown = set(changes) - set(RESUMABLE_FIELDS)
+        if unknown:
+            raise ValueError(f"cannot change {', '.join(sorted(unknown))} when resuming")
+        return replace(self, **changes)  # type: ignore[arg-type]
