@@ -275,11 +275,11 @@ class _TrainProgress:
               help="Folder of LR images (NAME or NAMEx4); default: made from HR by MATLAB-style bicubic.")
 @click.option("--scale", type=click.IntRange(min=1), default=None,
               help="Only for MODEL 'bicubic' [default: 4]; a model's own scale is used otherwise.")
-@click.option("--tile", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Tile size in input pixels; 0 runs each image whole.")
+@click.option("--tile", type=click.IntRange(min=0), default=None,
+              help="Tile size in input pixels; 0 runs each image whole [default: whole when it fits in memory].")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def evaluate(model: str, hr_dir: Path, lr_dir: Path | None, scale: int | None, tile: int, device: str,
+def evaluate(model: str, hr_dir: Path, lr_dir: Path | None, scale: int | None, tile: int | None, device: str,
              as_json: bool) -> None:
     """Y-channel PSNR and SSIM of MODEL on a benchmark, beside bicubic.
 
@@ -293,14 +293,13 @@ def evaluate(model: str, hr_dir: Path, lr_dir: Path | None, scale: int | None, t
     """
     import json
 
-    from esrgan_cli.evaluate import bicubic, pair_images, score_pairs, summarize, tiled
+    from esrgan_cli.evaluate import bicubic, pair_images, score_pairs, summarize, with_upscaler
 
     if model == "bicubic":
         s = scale or 4
         upscale = bicubic(s)
         label = "bicubic"
     else:
-        from esrgan_cli.defaults import DEFAULT_OVERLAP
         from esrgan_cli.engine import Upscaler, choose_placement
         from esrgan_cli.registry import resolve_model
         from esrgan_cli.weights import load_weights
@@ -311,7 +310,7 @@ def evaluate(model: str, hr_dir: Path, lr_dir: Path | None, scale: int | None, t
         # fp32 everywhere: a benchmark figure must not depend on the device's half precision.
         upscaler = Upscaler(weights, choose_placement(device, "fp32"))
         s = upscaler.scale
-        upscale = tiled(upscaler, s, tile, DEFAULT_OVERLAP, upscaler.align)
+        upscale = with_upscaler(upscaler, tile)
         label = model
     pairs = pair_images(hr_dir, lr_dir, s)
     if not as_json:

@@ -17,7 +17,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -29,9 +28,9 @@ from esrgan_cli.arch import RRDBNet, init_weights
 from esrgan_cli.atomic import atomic_write
 from esrgan_cli.data import ImageSet, IterationSampler, PatchPairs
 from esrgan_cli.discriminator import VGGDiscriminator
-from esrgan_cli.engine import Placement, Upscaler, auto_tile, memory_budget
-from esrgan_cli.errors import EsrganError
-from esrgan_cli.evaluate import pair_images, score_pairs, summarize, tiled
+from esrgan_cli.engine import Placement, Upscaler
+from esrgan_cli.errors import EsrganError, ModelNotFoundError
+from esrgan_cli.evaluate import pair_images, score_pairs, summarize, with_upscaler
 from esrgan_cli.perceptual import PerceptualConfig, VGGFeatures, build_vgg, load_vgg_weights, perceptual_loss
 from esrgan_cli.trainconfig import TrainConfig
 from esrgan_cli.weights import LoadedWeights, load_weights, save_safetensors
@@ -151,7 +150,12 @@ class Trainer:
             from esrgan_cli.perceptual import VGG19_HUB
             from esrgan_cli.registry import fetch
 
-            path = fetch(VGG19_HUB, "the VGG19 weights for the perceptual loss")
+            try:
+                path = fetch(VGG19_HUB, "the VGG19 weights for the perceptual loss")
+            except ModelNotFoundError as e:
+                hint = str(e).split(": run once with network access")[0]
+                raise TrainError(f"{hint}: run once online, or give --perceptual-weights PATH "
+                                 "(a VGG19 file with torchvision key names)") from None
         else:
             path = Path(c.perceptual_weights)
         state, declared = load_vgg_weights(path, layer)
@@ -276,12 +280,7 @@ class Trainer:
         if self.dist.main:
             weights = LoadedWeights(self.ema.state_dict(), self.config.model, {}, Path("<ema>"), torch.float32)
             upscaler = Upscaler(weights, Placement(self.device, torch.float32, ""))
-            budget = memory_budget(self.device)
-
-            def upscale(lr: np.ndarray) -> np.ndarray:
-                tile = auto_tile(lr.shape[0], lr.shape[1], VAL_OVERLAP, upscaler.per_pixel_bytes(), budget)
-                return tiled(upscaler, upscaler.scale, tile, VAL_OVERLAP, upscaler.align)(lr)
-
+            upscale = with_upscaler(upscaler, None, VAL_OVERLAP)
             summary = summarize(list(score_pairs(self.val_pairs, upscale, self.config.model.scale)))
             values = {"val_psnr": summary.psnr, "val_psnr_bicubic": summary.psnr_bicubic,
                       "val_ssim": summary.ssim}
