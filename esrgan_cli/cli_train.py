@@ -156,13 +156,11 @@ def _resumed_config(ctx: click.Context, stored: Any, stage: str, iters: int | No
     """The run's own configuration; options that would change what it computes must not be given differently."""
     if stage != stored.stage:
         raise click.UsageError(f"the run in --out is a {stored.stage} run, not {stage}")
-    fixed = {"data": "data", "batch_size": "batch_size", "patch_size": "patch_size", "lr": "lr", "seed": "seed",
-             "precision": "precision", "milestones": "milestones"}
-    for option, field_name in fixed.items():
+    for option in ("data", "batch_size", "patch_size", "lr", "seed", "precision", "milestones"):
         source = ctx.get_parameter_source(option)
         given = ctx.params[option]
         if source == click.core.ParameterSource.COMMANDLINE and given is not None:
-            stored_value = getattr(stored, field_name)
+            stored_value = getattr(stored, option)
             if str(given) != str(stored_value) and not (option == "lr" and float(given) == float(stored_value)):
                 raise click.UsageError(
                     f"--{option.replace('_', '-')} {given} differs from the run's {stored_value}; "

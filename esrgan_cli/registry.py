@@ -126,12 +126,12 @@ def _converted_path(sha256: str) -> Path:
     return cache_dir() / "converted" / f"{sha256}.safetensors"
 
 
-def fetch(hub: HubFile, label: str) -> Path:
+def fetch(hub: HubFile, label: str, offline_hint: str = "pass --model with a local weights file") -> Path:
     """A Hub file, downloaded once into the Hugging Face cache and verified; legacy RRDBNet pickles come back as
     the safetensors file converted from them."""
     if hub.sha256 and (done := _converted_path(hub.sha256)).is_file():
         return done
-    path = _download(hub, label)
+    path = _download(hub, label, offline_hint)
     size = path.stat().st_size
     if hub.size is not None and size != hub.size:
         _discard(path)
@@ -157,7 +157,7 @@ def fetch(hub: HubFile, label: str) -> Path:
     return target
 
 
-def _download(hub: HubFile, label: str) -> Path:
+def _download(hub: HubFile, label: str, offline_hint: str) -> Path:
     import huggingface_hub
     from huggingface_hub import errors as hf_errors
     from huggingface_hub.utils import logging as hf_logging
@@ -172,7 +172,7 @@ def _download(hub: HubFile, label: str) -> Path:
         raise ModelNotFoundError(
             f"{label} ({hub.where()}) is not in the Hugging Face cache and the Hub cannot be reached: "
             "run once with network access (or point HF_HOME at a cache that has it), "
-            "or pass --model with a local weights file"
+            f"or {offline_hint}"
         ) from None
     except (hf_errors.RepositoryNotFoundError, hf_errors.RevisionNotFoundError) as e:
         raise ModelNotFoundError(f"{label}: {hub.where()} not found on the Hub ({type(e).__name__})") from None

@@ -29,7 +29,7 @@ from esrgan_cli.atomic import atomic_write
 from esrgan_cli.data import ImageSet, IterationSampler, PatchPairs
 from esrgan_cli.discriminator import VGGDiscriminator
 from esrgan_cli.engine import Placement, Upscaler
-from esrgan_cli.errors import EsrganError, ModelNotFoundError
+from esrgan_cli.errors import EsrganError
 from esrgan_cli.evaluate import pair_images, score_pairs, summarize, with_upscaler
 from esrgan_cli.perceptual import PerceptualConfig, VGGFeatures, build_vgg, load_vgg_weights, perceptual_loss
 from esrgan_cli.trainconfig import TrainConfig
@@ -144,23 +144,22 @@ class Trainer:
             self._emit(Report("warn", 0, message=(
                 "the perceptual loss uses a RANDOM VGG19: for tests only, the model will not learn real textures")))
             torch.manual_seed(c.seed)
-            convention = "imagenet-rgb" if c.perceptual_input == "auto" else c.perceptual_input
-            return VGGFeatures(PerceptualConfig(layer, convention))
+            return VGGFeatures(PerceptualConfig(layer, self._convention(None)))
         if c.perceptual_weights == "hub":
             from esrgan_cli.perceptual import VGG19_HUB
             from esrgan_cli.registry import fetch
 
-            try:
-                path = fetch(VGG19_HUB, "the VGG19 weights for the perceptual loss")
-            except ModelNotFoundError as e:
-                hint = str(e).split(": run once with network access")[0]
-                raise TrainError(f"{hint}: run once online, or give --perceptual-weights PATH "
-                                 "(a VGG19 file with torchvision key names)") from None
+            path = fetch(VGG19_HUB, "the VGG19 weights for the perceptual loss",
+                         offline_hint="give --perceptual-weights PATH (a VGG19 file with torchvision key names)")
         else:
             path = Path(c.perceptual_weights)
         state, declared = load_vgg_weights(path, layer)
-        convention = c.perceptual_input if c.perceptual_input != "auto" else (declared or "imagenet-rgb")
-        return build_vgg(state, PerceptualConfig(layer, convention))
+        return build_vgg(state, PerceptualConfig(layer, self._convention(declared)))
+
+    def _convention(self, declared: str | None) -> str:
+        """--perceptual-input, else what the weights file declares, else torchvision's."""
+        given = self.config.perceptual_input
+        return given if given != "auto" else (declared or "imagenet-rgb")
 
     def _loader(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         c = self.config
