@@ -111,14 +111,27 @@ class RRDBNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: N×C×H×W in [0, 1], H and W multiples of `config.unshuffle`."""
+        return self.tail(self.trunk(x))
+
+    def trunk(self, x: torch.Tensor) -> torch.Tensor:
+        """The low-resolution part: N×C×H×W → N×num_feat×(H/u)×(W/u) features. Nearly all the compute."""
         if self.config.unshuffle > 1:
             x = F.pixel_unshuffle(x, self.config.unshuffle)
         feat = self.conv_first(x)
-        feat = feat + self.conv_body(self.body(feat))
+        return feat + self.conv_body(self.body(feat))
+
+    def tail(self, feat: torch.Tensor) -> torch.Tensor:
+        """The upsampling part: features → N×out×(H·s)×(W·s). Nearly all the memory, and a receptive field of
+        only `TAIL_REACH` feature pixels, so it can run on small tiles with exact results."""
         for i in range(1, self.config.upsample_stages + 1):
             up = getattr(self, f"conv_up{i}")
             feat = self.lrelu(up(F.interpolate(feat, scale_factor=2, mode="nearest")))
         return self.conv_last(self.lrelu(self.conv_hr(feat)))
+
+
+# Feature pixels of context the tail needs for an exact result: one 3x3 conv per upsampling stage, then conv_hr and
+# conv_last at full resolution, reach under 2 feature pixels for x4; 4 leaves room for x8 models.
+TAIL_REACH = 4
 
 
 def init_weights(model: RRDBNet, scale: float = 0.1, seed: int | None = None) -> RRDBNet:

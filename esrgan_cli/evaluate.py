@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from esrgan_cli.defaults import DEFAULT_OVERLAP
-from esrgan_cli.engine import Upscaler, auto_tile, memory_budget
+from esrgan_cli.engine import Upscaler
 from esrgan_cli.errors import EsrganError, ImageReadError
 from esrgan_cli.imageio import image_files, read_image, to_uint8
 from esrgan_cli.metrics import psnr_y, ssim_y
@@ -116,12 +116,8 @@ def score_pairs(pairs: list[EvalPair], upscale: Upscale, scale: int) -> Iterator
 
 def with_upscaler(upscaler: Upscaler, tile: int | None = None, overlap: int = DEFAULT_OVERLAP) -> Upscale:
     """A model on its device as an 8-bit image upscaler; `tile` None picks whole images or tiles per memory budget."""
-    budget = memory_budget(upscaler.placement.device) if tile is None else 0
-
     def run(lr: np.ndarray) -> np.ndarray:
-        size = tile if tile is not None else auto_tile(
-            lr.shape[0], lr.shape[1], overlap, upscaler.per_pixel_bytes(), budget)
-        canvas, _ = upscale_array(lr.astype(np.float32) / 255.0, upscaler, upscaler.scale, size, overlap, np.uint8,
+        canvas, _ = upscale_array(lr.astype(np.float32) / 255.0, upscaler, upscaler.scale, tile, overlap, np.uint8,
                                   upscaler.align)
         return canvas
 

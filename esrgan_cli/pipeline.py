@@ -56,12 +56,19 @@ def final_size(image: LoadedImage, scale: int, outscale: float | None) -> tuple[
 
 
 def upscale_array(
-    rgb: np.ndarray, model: Model, scale: int, tile: int, overlap: int, dtype: np.dtype,
+    rgb: np.ndarray, model: Model | Upscaler, scale: int, tile: int | None, overlap: int, dtype: np.dtype,
     align: int = 1, on_progress: Callable[[int], None] | None = None,
 ) -> tuple[np.ndarray, int]:
-    """An H×W×3 float image → (H·s)×(W·s)×C canvas in `dtype`, and the number of model calls."""
+    """An H×W×3 float image → (H·s)×(W·s)×3 canvas in `dtype`, and the number of (trunk) passes.
+
+    An `Upscaler` runs staged (trunk and tail tiled apart); any other callback runs on plain tiles. `tile` None
+    picks tiles from the memory budget."""
     h, w = rgb.shape[:2]
     canvas = np.empty((h * scale, w * scale, 3), dtype=dtype)
+    if isinstance(model, Upscaler):
+        return canvas, model.upscale_into(rgb, canvas, tile, overlap, on_progress)
+    if tile is None:
+        raise ValueError("automatic tiles need an Upscaler")
     calls = run_tiled(rgb, model, scale, canvas, tile, overlap, align=align, on_progress=on_progress)
     return canvas, calls
 
@@ -80,7 +87,7 @@ def upscale_image(
             f"{options.max_output_pixels:,}; raise it with --max-output-pixels if you have the memory"
         )
     tile = options.tile
-    if tile is None:
+    if tile is None and options.tta:
         budget = memory_budget(upscaler.placement.device)
         tile = auto_tile(image.height, image.width, options.overlap, upscaler.per_pixel_bytes(), budget)
     dtype = np.uint16 if output_bit_depth(image, fmt) == 16 else np.uint8
@@ -109,8 +116,9 @@ def upscale_image(
     del canvas, alpha
     if result.size != (out_w, out_h):
         result = result.resize((out_w, out_h), Image.Resampling.LANCZOS)
+    used = tile if tile is not None else upscaler.tile_sizes(image.height, image.width, None, options.overlap)[1]
     return UpscaleResult(
-        result, tile, calls, upscaler.fp32_retries - retries_before, time.perf_counter() - start, notes
+        result, used, calls, upscaler.fp32_retries - retries_before, time.perf_counter() - start, notes
     )
 
 

@@ -93,7 +93,7 @@ def plan_tiles(
     bounds = Region(0, 0, height, width)
     area = area or bounds
     if tile <= 0:
-        tile = max(area.height, area.width)
+        tile = math.ceil(max(area.height, area.width) / align) * align
     tile = max(align, tile // align * align)
     context = math.ceil(max(overlap, 0) / align) * align
     tiles = []
@@ -164,3 +164,34 @@ def run_tiled(
 
     run(plan_tiles(height, width, tile, overlap, align))
     return calls
+
+
+@dataclass(frozen=True)
+class StagedTile:
+    """A trunk tile and the tail tiles that cover its core (all in input pixels).
+
+    Tail windows are cut from the trunk window, so they read only features the trunk pass computed."""
+
+    trunk: Tile
+    tails: tuple[Tile, ...]
+
+
+def plan_staged(
+    height: int, width: int, trunk_tile: int, tail_tile: int, overlap: int, reach: int, align: int = 1,
+    area: Region | None = None,
+) -> list[StagedTile]:
+    """Trunk tiles of `trunk_tile` with `overlap` context, each split into tail tiles of `tail_tile` with `reach`.
+
+    Sizes <= 0 mean one tile for the whole area (or the whole trunk core)."""
+    staged = []
+    for t in plan_tiles(height, width, trunk_tile, overlap, align, area):
+        tails = []
+        for sub in plan_tiles(height, width, tail_tile, reach, align, area=t.core):
+            w = sub.window
+            clipped = Region(
+                max(w.top, t.window.top), max(w.left, t.window.left),
+                min(w.bottom, t.window.bottom), min(w.right, t.window.right),
+            )
+            tails.append(Tile(sub.core, clipped))
+        staged.append(StagedTile(t, tuple(tails)))
+    return staged

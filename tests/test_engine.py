@@ -92,6 +92,20 @@ up(np.random.rand(128, 128, 3).astype(np.float32))
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 print((peak - base) / 128 / 128, bytes_per_input_pixel(up.config, torch.float32))
 """
+    trunk_code = """
+import resource, sys, torch
+from pathlib import Path
+from esrgan_cli.engine import Upscaler, choose_placement, trunk_bytes_per_pixel
+from esrgan_cli.weights import load_weights
+up = Upscaler(load_weights(Path(sys.argv[1])), choose_placement("cpu", "fp32"))
+with torch.inference_mode():
+    up.model.trunk(torch.rand(1, 3, 16, 16).contiguous(memory_format=torch.channels_last))
+    x = torch.rand(1, 3, 256, 256).contiguous(memory_format=torch.channels_last)
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    feat = up.model.trunk(x)
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+print((peak - base) / 256 / 256, trunk_bytes_per_pixel(up.config, torch.float32))
+"""
     import subprocess
     import sys
 
@@ -99,4 +113,8 @@ print((peak - base) / 128 / 128, bytes_per_input_pixel(up.config, torch.float32)
     proc = subprocess.run([sys.executable, "-c", code, str(weights)], capture_output=True, text=True, check=True)
     measured, estimate = (float(v) for v in proc.stdout.split())
     print(f"\npeak RSS per input pixel: measured {measured:.0f} B, estimate {estimate:.0f} B")
+    assert 0 < measured <= estimate
+    proc = subprocess.run([sys.executable, "-c", trunk_code, str(weights)], capture_output=True, text=True, check=True)
+    measured, estimate = (float(v) for v in proc.stdout.split())
+    print(f"trunk alone: measured {measured:.0f} B, estimate {estimate:.0f} B")
     assert 0 < measured <= estimate
