@@ -61,9 +61,11 @@ def cli() -> None:
               help="Registry name, local .safetensors/.pth/.pt/.ckpt file, or hf:OWNER/REPO/FILE[@REV]. "
                    "Default: the registry's default model.")
 @click.option("--tile", type=TileParam(), default="auto", show_default=True,
-              help="Core tile size in input pixels; 0 runs the whole image at once; auto fits the memory budget.")
+              help="Tile size in input pixels for the memory-hungry upsampling; the trunk gets tiles as large as "
+                   "the same memory allows (often the whole image: exact output). 0: whole image at once; auto: "
+                   "fit the memory budget.")
 @click.option("--overlap", type=click.IntRange(min=0), default=DEFAULT_OVERLAP, show_default=True,
-              help="Input pixels of context around each tile (what makes tiles seam-free).")
+              help="Input pixels of context around each trunk tile (what makes tiles seam-free).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "fp16", "bf16"]), default="auto",
               show_default=True, help="auto: fp16 on CUDA, fp32 elsewhere. The CPU always runs fp32.")
