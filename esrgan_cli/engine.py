@@ -191,8 +191,7 @@ class Upscaler:
                 # fp16 overflows on some images; redo this tile exactly in fp32.
                 self.fp32_retries += 1
                 out = self._forward(self._fp32(), tile, torch.float32)
-        out = out[0].permute(1, 2, 0).float().clamp(0, 1).cpu().numpy()
-        return np.repeat(out, 3, axis=2) if out.shape[2] == 1 else out
+        return _to_host(out[0], np.dtype(np.float32))
 
     @torch.inference_mode()
     def _forward(self, model: RRDBNet, tile: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
@@ -284,7 +283,8 @@ class Upscaler:
 
 
 def _to_host(out: torch.Tensor, dtype: np.dtype) -> np.ndarray:
-    """C×H×W model output → H×W×3 in the canvas's type, converted on the device so less crosses the bus."""
+    """C×H×W model output → H×W×3 in `dtype` (integers scaled to their range), converted on the device so less
+    crosses the bus."""
     out = out.permute(1, 2, 0).float().clamp(0, 1)
     if np.issubdtype(dtype, np.integer):
         # Same rounding as tiling.to_canvas_dtype: round half to even of value × max, in float32.

@@ -42,7 +42,6 @@ class UpscaleOptions:
 @dataclass
 class UpscaleResult:
     image: Image.Image
-    tile: int
     model_calls: int
     fp32_retries: int
     seconds: float
@@ -116,9 +115,8 @@ def upscale_image(
     del canvas, alpha
     if result.size != (out_w, out_h):
         result = result.resize((out_w, out_h), Image.Resampling.LANCZOS)
-    used = tile if tile is not None else upscaler.tile_sizes(image.height, image.width, None, options.overlap)[1]
     return UpscaleResult(
-        result, used, calls, upscaler.fp32_retries - retries_before, time.perf_counter() - start, notes
+        result, calls, upscaler.fp32_retries - retries_before, time.perf_counter() - start, notes
     )
 
 

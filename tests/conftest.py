@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -93,3 +94,17 @@ def random_image(h: int, w: int, seed: int = 0) -> np.ndarray:
 def psnr(a: np.ndarray, b: np.ndarray, peak: float = 1.0) -> float:
     """PSNR of float images in [0, 1] by default."""
     return metrics_psnr(a, b, peak)
+
+
+Forward = Callable[[torch.Tensor], torch.Tensor]
+
+
+def out_of_memory_above(fn: Forward, pixels: int) -> Forward:
+    """`fn`, but raising CUDA's out-of-memory error for inputs of more than `pixels` pixels."""
+
+    def limited(x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] * x.shape[-2] > pixels:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return fn(x)
+
+    return limited

@@ -14,7 +14,7 @@ from esrgan_cli.errors import DeviceError
 from esrgan_cli.tiling import TileTooLarge, run_tiled
 from esrgan_cli.weights import LoadedWeights, load_weights
 
-from conftest import random_image, tiny_model
+from conftest import out_of_memory_above, random_image, tiny_model
 
 
 def test_cpu_defaults_to_fp32_and_never_runs_half_precision() -> None:
@@ -55,14 +55,7 @@ def test_fp16_overflow_is_recomputed_in_fp32() -> None:
 
 def test_out_of_memory_asks_the_tiler_for_smaller_tiles(tiny_weights: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     up = Upscaler(load_weights(tiny_weights), Placement(torch.device("cpu"), torch.float32))
-    forward = up.model.forward
-
-    def limited(x: torch.Tensor) -> torch.Tensor:
-        if x.shape[-1] * x.shape[-2] > 24 * 24:
-            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return forward(x)
-
-    monkeypatch.setattr(up.model, "forward", limited)
+    monkeypatch.setattr(up.model, "forward", out_of_memory_above(up.model.forward, 24 * 24))
     with pytest.raises(TileTooLarge):
         up(random_image(40, 40))
     image = random_image(40, 40)

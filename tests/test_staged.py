@@ -13,7 +13,7 @@ from esrgan_cli.engine import Placement, Upscaler, tail_bytes_per_pixel, trunk_b
 from esrgan_cli.tiling import Region, plan_staged
 from esrgan_cli.weights import LoadedWeights
 
-from conftest import random_image, tiny_model
+from conftest import out_of_memory_above, random_image, tiny_model
 
 CPU32 = Placement(torch.device("cpu"), torch.float32)
 
@@ -93,14 +93,7 @@ def test_trunk_tiles_with_overlap_stay_close_and_out_of_memory_splits_blocks(mon
     up = upscaler(RRDBConfig(num_feat=16, num_block=1, num_grow=8))
     image = random_image(40, 40, seed=5)
     whole = reference(up, image)
-    trunk = up.model.trunk
-
-    def limited(x: torch.Tensor) -> torch.Tensor:
-        if x.shape[-1] * x.shape[-2] > 30 * 30:
-            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return trunk(x)
-
-    monkeypatch.setattr(up.model, "trunk", limited)
+    monkeypatch.setattr(up.model, "trunk", out_of_memory_above(up.model.trunk, 30 * 30))
     done: list[int] = []
     canvas = np.zeros((160, 160, 3), np.float32)
     passes = up.upscale_into(image, canvas, 0, 8, on_progress=done.append)
