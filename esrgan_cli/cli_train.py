@@ -46,6 +46,9 @@ def _milestones(ctx: click.Context, param: click.Parameter, value: str | None) -
               help="Learning rate [default: 2e-4 psnr, 1e-4 gan].")
 @click.option("--milestones", callback=_milestones, default=None, metavar="N,N,...",
               help="Iterations where the learning rate halves [default: the paper's, scaled to --iters].")
+@click.option("--warmup", type=click.IntRange(min=0), default=None, metavar="N",
+              help="Iterations of linear learning-rate warm-up [default: PSNR stage a tenth of --iters, at most 1000; "
+                   "GAN stage 0].")
 @click.option("--val-every", type=click.IntRange(min=1), default=None, help="[default: 1000 or --iters]")
 @click.option("--save-every", type=click.IntRange(min=1), default=None, help="[default: 1000 or --iters]")
 @click.option("--log-every", type=click.IntRange(min=1), default=10, show_default=True)
@@ -56,6 +59,8 @@ def _milestones(ctx: click.Context, param: click.Parameter, value: str | None) -
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--workers", type=click.IntRange(min=0), default=None,
               help="DataLoader worker processes [default: 4 on CUDA, 0 on CPU].")
+@click.option("--weight-init", type=click.Choice(["interp", "paper"]), default="interp", show_default=True,
+              help="PSNR stage: start as a bilinear upscaler (interp), or from the paper's random weights.")
 @click.option("--init", "init_path", type=click.Path(path_type=Path), default=None,
               help="GAN stage: the PSNR-stage model to start from.")
 @click.option("--perceptual-weights", default="hub", show_default=True, metavar="PATH|hub|random",
@@ -65,13 +70,21 @@ def _milestones(ctx: click.Context, param: click.Parameter, value: str | None) -
               help="VGG19 layer whose features (before ReLU) are compared.")
 @click.option("--perceptual-input", type=click.Choice(["auto", "imagenet-rgb", "caffe-bgr"]), default="auto",
               show_default=True, help="The VGG weights' input convention; auto reads the file's metadata.")
+@click.option("--perceptual-weight", type=click.FloatRange(min=0), default=1.0, show_default=True,
+              help="GAN stage: weight of the perceptual term. The paper's 1 is for imagenet-rgb weights; "
+                   "caffe-bgr inputs are about 58x larger (0..255 without the std), and their features with them.")
+@click.option("--gan-weight", type=click.FloatRange(min=0), default=5e-3, show_default=True,
+              help="GAN stage: weight of the relativistic GAN term.")
+@click.option("--pixel-weight", type=click.FloatRange(min=0), default=1e-2, show_default=True,
+              help="GAN stage: weight of the L1 term.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar; warnings and errors still go to stderr.")
 @click.pass_context
 def train(ctx: click.Context, stage: str, data: Path | None, run_dir: Path, val: Path | None, iters: int | None,
           batch_size: int, patch_size: int, blocks: int, features: int, growth: int, scale: str, lr: float | None,
-          milestones: tuple[int, ...] | None, val_every: int | None, save_every: int | None, log_every: int,
-          resume: bool, device: str, precision: str, seed: int, workers: int | None, init_path: Path | None,
-          perceptual_weights: str, perceptual_layer: str, perceptual_input: str, quiet: bool) -> None:
+          milestones: tuple[int, ...] | None, warmup: int | None, val_every: int | None, save_every: int | None,
+          log_every: int, resume: bool, device: str, precision: str, seed: int, workers: int | None, weight_init: str,
+          init_path: Path | None, perceptual_weights: str, perceptual_layer: str, perceptual_input: str,
+          perceptual_weight: float, gan_weight: float, pixel_weight: float, quiet: bool) -> None:
     """Train RRDBNet the ESRGAN way: --stage psnr, then --stage gan from it.
 
     Every --save-every iterations the EMA model is written as RUN/model_<iter>.safetensors (usable by `esrgan
@@ -114,12 +127,14 @@ def train(ctx: click.Context, stage: str, data: Path | None, run_dir: Path, val:
         try:
             config = TrainConfig(
                 stage=stage, data=str(data), iters=n, val=str(val) if val else None, batch_size=batch_size,
-                patch_size=patch_size, lr=lr or 0.0, milestones=milestones,
+                patch_size=patch_size, lr=lr or 0.0, milestones=milestones, warmup=warmup,
                 model=model,
                 val_every=val_every or min(1000, n), save_every=save_every or min(1000, n), log_every=log_every,
-                seed=seed, workers=workers, precision=precision, init=str(init_path) if init_path else None,
+                seed=seed, workers=workers, precision=precision, weight_init=weight_init,
+                init=str(init_path) if init_path else None,
                 perceptual_weights=perceptual_weights, perceptual_layer=perceptual_layer,
-                perceptual_input=perceptual_input,
+                perceptual_input=perceptual_input, perceptual_weight=perceptual_weight, gan_weight=gan_weight,
+                pixel_weight=pixel_weight,
             )
         except ValueError as e:
             raise click.UsageError(str(e)) from None
@@ -156,7 +171,8 @@ def _resumed_config(ctx: click.Context, stored: Any, stage: str, iters: int | No
     """The run's own configuration; options that would change what it computes must not be given differently."""
     if stage != stored.stage:
         raise click.UsageError(f"the run in --out is a {stored.stage} run, not {stage}")
-    for option in ("data", "batch_size", "patch_size", "lr", "seed", "precision", "milestones"):
+    for option in ("data", "batch_size", "patch_size", "lr", "seed", "precision", "milestones", "warmup",
+                   "weight_init", "perceptual_weight", "gan_weight", "pixel_weight"):
         source = ctx.get_parameter_source(option)
         given = ctx.params[option]
         if source == click.core.ParameterSource.COMMANDLINE and given is not None:

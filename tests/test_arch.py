@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from esrgan_cli.arch import RRDBConfig, RRDBNet
+from esrgan_cli.arch import RRDBConfig, RRDBNet, init_interpolating, init_weights
 from esrgan_cli.checkpoint import expected_shapes
 
 from conftest import tiny_model
@@ -60,3 +60,34 @@ def test_mac_count_matches_conv_arithmetic() -> None:
 def test_unsupported_scales_are_refused(scale: int, unshuffle: int) -> None:
     with pytest.raises(ValueError):
         RRDBConfig(scale=scale, unshuffle=unshuffle)
+
+
+@pytest.mark.parametrize("scale", [4, 2, 1])
+def test_interpolating_start_passes_the_image_through(scale: int) -> None:
+    """Untrained, the network is a sharpened bilinear upscaler: a flat image stays flat (away from the zero-padded
+    border), and a smooth ramp comes out as a ramp."""
+    model = init_interpolating(RRDBNet(RRDBConfig(num_feat=8, num_block=1, num_grow=4, scale=scale)), seed=0).eval()
+    flat = torch.full((1, 3, 16, 16), 0.5)
+    flat[:, 1] = 0.25
+    with torch.no_grad():
+        out = model(flat)
+    m = 3 * scale + 8  # the kernels reach a few pixels in from the border
+    torch.testing.assert_close(out[..., m:-m, m:-m], flat.mean((2, 3), keepdim=True).expand_as(out)[..., m:-m, m:-m])
+    ramp = torch.linspace(0.2, 0.8, 48).expand(1, 3, 48, 48).contiguous()
+    with torch.no_grad():
+        out = model(ramp)
+    up = out[0, 0, out.shape[2] // 2, m:-m]
+    assert torch.all(up[1:] >= up[:-1] - 1e-6)  # monotonic, as the input
+    assert float(up[-1] - up[0]) > 0.3
+
+
+def test_interpolating_start_keeps_the_paper_init_elsewhere() -> None:
+    config = RRDBConfig(num_feat=8, num_block=1, num_grow=4)
+    paper = init_weights(RRDBNet(config), 0.1, seed=3)
+    interp = init_interpolating(RRDBNet(config), 0.1, seed=3)
+    carried = config.out_channels
+    for (name, a), b in zip(paper.state_dict().items(), interp.state_dict().values(), strict=True):
+        if name.startswith("body."):
+            assert torch.equal(a, b), name
+        elif name.endswith("weight") and not name.startswith("body."):
+            assert torch.equal(a[carried:], b[carried:]), name  # only the carrier channels' rows differ
