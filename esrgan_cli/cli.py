@@ -414,8 +414,8 @@ def models_list(as_json: bool) -> None:
 
     registry = load_registry()
     rows = [
-        {"name": e.name, "default": e.name == registry.default, "scale": e.config.scale, "size_bytes": e.hub.size,
-         "license": e.license, "cached": is_cached(e.hub), "source": f"hf:{e.hub.repo}/{e.hub.filename}",
+        {"name": e.name, "default": e.name == registry.default, "scale": e.config.scale, "size_bytes": e.size,
+         "license": e.license, "cached": is_cached(e.source), "source": e.origin(),
          "description": e.description}
         for e in registry.models.values()
     ]
@@ -424,7 +424,8 @@ def models_list(as_json: bool) -> None:
         return
     click.echo(f"{'name':<18} {'scale':>5} {'size':>8}  {'license':<12} {'cached':<6} description")
     for r in rows:
-        size = f"{r['size_bytes'] / 1e6:.0f} MB" if r["size_bytes"] else "?"
+        mb = r["size_bytes"] / 1e6 if r["size_bytes"] else None
+        size = "?" if mb is None else f"{mb:.1f} MB" if mb < 10 else f"{mb:.0f} MB"
         name = f"{r['name']}{' *' if r['default'] else ''}"
         click.echo(f"{name:<18} {'x' + str(r['scale']):>5} {size:>8}  {r['license']:<12} "
                    f"{'yes' if r['cached'] else 'no':<6} {r['description']}")

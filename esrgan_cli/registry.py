@@ -1,5 +1,8 @@
-"""Model names → weight files: the registry in `weights/`, Hub downloads, checksums, and the conversion cache.
+"""Model names → weight files: the registry in `weights/`, bundled files, Hub downloads, checksums, and the
+conversion cache.
 
+A bundled model is a safetensors file shipped in `weights/` (inside the installed package), checked against its
+pinned sha256 before use; it needs no network.
 A registry model is downloaded once through `huggingface_hub.hf_hub_download`
 (the standard Hub cache, so HF_HOME / HF_HUB_CACHE / HF_HUB_OFFLINE are honoured),
 verified against its pinned sha256, and — when it is a pickle — converted once to
@@ -35,12 +38,28 @@ class HubFile:
 
 
 @dataclass(frozen=True)
+class BundledFile:
+    path: Path  # beside the registry file
+    sha256: str
+    size: int
+
+
+@dataclass(frozen=True)
 class RegistryEntry:
     name: str
     description: str
-    hub: HubFile
+    source: HubFile | BundledFile
     config: RRDBConfig
     license: str
+
+    @property
+    def size(self) -> int | None:
+        return self.source.size
+
+    def origin(self) -> str:
+        if isinstance(self.source, BundledFile):
+            return f"bundled:{self.source.path.name}"
+        return f"hf:{self.source.repo}/{self.source.filename}"
 
 
 @dataclass(frozen=True)
@@ -79,8 +98,12 @@ def load_registry(path: Path | None = None) -> Registry:
     data = json.loads(Path(path).read_text(encoding="utf-8"))
     models = {}
     for name, e in data["models"].items():
-        hub = HubFile(e["repo"], e["filename"], e["revision"], e["sha256"], e.get("size"))
-        models[name] = RegistryEntry(name, e.get("description", ""), hub, RRDBConfig(**e["arch"]), e["license"])
+        source: HubFile | BundledFile
+        if "file" in e:
+            source = BundledFile(Path(path).parent / e["file"], e["sha256"], e["size"])
+        else:
+            source = HubFile(e["repo"], e["filename"], e["revision"], e["sha256"], e.get("size"))
+        models[name] = RegistryEntry(name, e.get("description", ""), source, RRDBConfig(**e["arch"]), e["license"])
     return Registry(data["default"], models)
 
 
@@ -100,7 +123,9 @@ def resolve_model(spec: str, registry: Registry | None = None) -> ResolvedModel:
     registry = registry or load_registry()
     if spec in registry.models:
         entry = registry.models[spec]
-        return ResolvedModel(fetch(entry.hub, f"model {spec!r}"), spec)
+        if isinstance(entry.source, BundledFile):
+            return ResolvedModel(bundled_path(entry.source, f"model {spec!r}"), spec)
+        return ResolvedModel(fetch(entry.source, f"model {spec!r}"), spec)
     if spec.startswith("hf:"):
         return ResolvedModel(fetch(parse_hf_spec(spec), spec), spec)
     path = Path(spec).expanduser()
@@ -112,8 +137,22 @@ def resolve_model(spec: str, registry: Registry | None = None) -> ResolvedModel:
     raise ModelNotFoundError(f"no model named {spec!r} and no such file (known models: {known})")
 
 
-def is_cached(hub: HubFile) -> bool:
-    """True when the model can be used offline: converted by us, or in the Hugging Face cache."""
+def bundled_path(bundled: BundledFile, label: str) -> Path:
+    """A bundled file, verified: a damaged install fails here with a clear message, not later as a bad model."""
+    path = bundled.path
+    if not path.is_file():
+        raise ModelNotFoundError(f"{label}: {path} is missing from this installation; reinstall esrgan")
+    actual = sha256_of(path)
+    if actual != bundled.sha256:
+        raise ChecksumError(f"{label}: sha256 of {path} is {actual}, expected {bundled.sha256}; reinstall esrgan")
+    return path
+
+
+def is_cached(source: HubFile | BundledFile) -> bool:
+    """True when the model can be used offline: bundled, converted by us, or in the Hugging Face cache."""
+    if isinstance(source, BundledFile):
+        return True
+    hub = source
     if hub.sha256 and _converted_path(hub.sha256).is_file():
         return True
     import huggingface_hub

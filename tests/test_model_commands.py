@@ -141,10 +141,14 @@ def test_info_text_and_models_list(tiny_weights: Path, tmp_path: Path) -> None:
     assert proc.returncode == 0 and "RRDBNet x4 (1 blocks, 8 features, growth 4)" in proc.stdout
     env = {"HF_HOME": str(tmp_path / "hf"), "ESRGAN_CACHE": str(tmp_path / "cache")}
     listed = json.loads(esrgan("models", "list", "--json", env=env).stdout)
-    assert {r["name"] for r in listed} >= {"esrgan-x4", "esrgan-psnr-x4"}
-    assert all(r["cached"] is False for r in listed)
+    assert {r["name"] for r in listed} >= {"esrgan-x4", "esrgan-psnr-x4", "compact-x4", "compact-psnr-x4"}
+    # With an empty cache only the bundled models are usable offline.
+    assert {r["name"] for r in listed if r["cached"]} == {"compact-x4", "compact-psnr-x4"}
+    assert [r["name"] for r in listed if r["default"]] == ["compact-x4"]
     offline = esrgan("models", "download", "esrgan-x4", env=env)
     assert offline.returncode == 1 and "Traceback" not in offline.stderr and "esrgan-x4" in offline.stderr
+    bundled = esrgan("models", "download", "compact-x4", env=env)
+    assert bundled.returncode == 0 and "compact-x4: ready" in bundled.stderr
 
 
 def test_convert_refuses_non_safetensors_output(tiny_weights: Path, tmp_path: Path) -> None:

@@ -13,8 +13,8 @@ from huggingface_hub import errors as hf_errors
 
 from esrgan_cli.arch import RRDBConfig
 from esrgan_cli.errors import ChecksumError, ModelNotFoundError
-from esrgan_cli.registry import load_registry, parse_hf_spec, resolve_model, weights_dir
-from esrgan_cli.weights import load_weights, sha256_of
+from esrgan_cli.registry import HubFile, load_registry, parse_hf_spec, resolve_model, weights_dir
+from esrgan_cli.weights import load_weights, save_safetensors, sha256_of
 
 from conftest import tiny_model, to_esrgan_repo_layout
 
@@ -130,7 +130,8 @@ def test_bad_hf_spec(spec: str) -> None:
 
 
 def test_unknown_name_lists_known_models() -> None:
-    with pytest.raises(ModelNotFoundError, match="known models: esrgan-psnr-x4, esrgan-x4"):
+    known = "known models: compact-psnr-x4, compact-x4, esrgan-psnr-x4, esrgan-x4"
+    with pytest.raises(ModelNotFoundError, match=known):
         resolve_model("no-such-model")
 
 
@@ -140,11 +141,12 @@ def test_shipped_registry_is_pinned_and_complete() -> None:
     assert registry.default in registry.models
     assert {"esrgan-x4", "esrgan-psnr-x4"} <= set(registry.models)
     for entry in registry.models.values():
-        assert re.fullmatch(r"[0-9a-f]{40}", entry.hub.revision), entry.name
-        assert re.fullmatch(r"[0-9a-f]{64}", entry.hub.sha256 or ""), entry.name
-        assert entry.hub.size and entry.hub.size > 0 and entry.license
+        if isinstance(entry.source, HubFile):
+            assert re.fullmatch(r"[0-9a-f]{40}", entry.source.revision), entry.name
+        assert re.fullmatch(r"[0-9a-f]{64}", entry.source.sha256 or ""), entry.name
+        assert entry.size and entry.size > 0 and entry.license
     paper = registry.models["esrgan-x4"]
-    assert paper.hub.sha256 == "65fece06e1ccb48853242aa972bdf00ad07a7dd8938d2dcbdf4221b59f6372ce"
+    assert paper.source.sha256 == "65fece06e1ccb48853242aa972bdf00ad07a7dd8938d2dcbdf4221b59f6372ce"
     assert paper.config == RRDBConfig()
 
 
@@ -168,3 +170,35 @@ def test_hub_client_warnings_are_quiet_during_download_and_restored(
     assert levels == [hf_logging.ERROR]
     assert hf_logging.get_verbosity() == before
     assert "Retrying" not in capsys.readouterr().err
+
+
+def bundled_registry(tmp_path: Path, **override: object) -> Path:
+    """A registry whose only model is a file beside it, as the shipped weights/ folder is."""
+    model = tiny_model()
+    weights = tmp_path / "tiny.fp16.safetensors"
+    save_safetensors(model.state_dict(), model.config, weights, dtype=torch.float16)
+    entry = {"description": "bundled", "file": weights.name, "sha256": sha256_of(weights),
+             "size": weights.stat().st_size, "license": "Apache-2.0",
+             "arch": {"num_feat": 8, "num_block": 1, "num_grow": 4, "scale": 4}}
+    entry.update(override)
+    reg = tmp_path / "registry.json"
+    reg.write_text(json.dumps({"default": "tiny", "models": {"tiny": entry}}))
+    return reg
+
+
+def test_bundled_model_resolves_without_the_hub(tmp_path: Path, hub) -> None:
+    files, calls = hub
+    registry = load_registry(bundled_registry(tmp_path))
+    resolved = resolve_model("tiny", registry)
+    assert resolved.path == tmp_path / "tiny.fp16.safetensors"
+    assert calls == []  # never asked the Hub
+    assert load_weights(resolved.path).config == RRDBConfig(num_feat=8, num_block=1, num_grow=4)
+
+
+def test_damaged_or_missing_bundled_model_is_a_clear_error(tmp_path: Path) -> None:
+    reg = bundled_registry(tmp_path, sha256="0" * 64)
+    with pytest.raises(ChecksumError, match="reinstall esrgan"):
+        resolve_model("tiny", load_registry(reg))
+    (tmp_path / "tiny.fp16.safetensors").unlink()
+    with pytest.raises(ModelNotFoundError, match="missing from this installation"):
+        resolve_model("tiny", load_registry(reg))

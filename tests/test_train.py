@@ -341,7 +341,7 @@ def test_tiny_run_on_bsd200_crops_then_a_gan_stage(tmp_path: Path, shared: Path)
     print(f"\nloss {losses[0]:.4f} -> {losses[-1]:.4f}; validation PSNR "
           + ", ".join(f"{v['iter']}: {v['val_psnr']:.2f} dB" for v in vals)
           + f" (bicubic {vals[-1]['val_psnr_bicubic']:.2f} dB)")
-    assert np.mean(losses[-3:]) < 0.8 * np.mean(losses[:3])
+    assert np.mean(losses[-5:]) < 0.9 * np.mean(losses[:5])
     assert vals[-1]["val_psnr"] > vals[0]["val_psnr"]
     assert vals[-1]["val_psnr"] > vals[-1]["val_psnr_bicubic"]
     halves = tmp_path / "halves"

@@ -1,0 +1,58 @@
+"""Render the model card's side-by-side figure: bicubic, then each model, on the same input.
+
+    python docs/side_by_side.py examples/cottage.png -o docs/compact-psnr-vs-gan.png \
+        --model compact-psnr-x4 "PSNR model" --model compact-x4 "GAN model (default)" --zoom 40,150,200,200
+
+Every panel is the ×4 output of the whole input (no tiling), so differences come from the models alone. `--zoom
+X,Y,W,H` adds a second row: that region of each output (output pixels), enlarged 2× with nearest neighbours.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from esrgan_cli.engine import Upscaler, choose_placement
+from esrgan_cli.imageio import contact_sheet, read_image
+from esrgan_cli.pipeline import UpscaleOptions, upscale_image
+from esrgan_cli.registry import resolve_model
+from esrgan_cli.resize import imresize
+from esrgan_cli.weights import load_weights
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("image", type=Path)
+    parser.add_argument("-o", "--output", type=Path, required=True)
+    parser.add_argument("--zoom", default=None, metavar="X,Y,W,H")
+    parser.add_argument("--model", nargs=2, action="append", metavar=("MODEL", "LABEL"), required=True)
+    args = parser.parse_args()
+
+    image = read_image(args.image)
+    rgb = np.round(image.rgb * 255).astype(np.uint8)
+    panels = [Image.fromarray(imresize(rgb, 4))]
+    labels = ["bicubic"]
+    placement = choose_placement("cpu", "fp32")
+    for spec, label in args.model:
+        upscaler = Upscaler(load_weights(resolve_model(spec).path), placement)
+        panels.append(upscale_image(image, upscaler, "PNG", UpscaleOptions(tile=0)).image)
+        labels.append(label)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    sheet = contact_sheet(panels, labels)
+    if args.zoom:
+        x, y, w, h = (int(v) for v in args.zoom.split(","))
+        zoomed = [p.crop((x, y, x + w, y + h)).resize((2 * w, 2 * h), Image.Resampling.NEAREST) for p in panels]
+        detail = contact_sheet(zoomed, [f"{label}, detail x2" for label in labels])
+        both = Image.new("RGB", (max(sheet.width, detail.width), sheet.height + detail.height), "white")
+        both.paste(sheet, (0, 0))
+        both.paste(detail, (0, sheet.height))
+        sheet = both
+    sheet.save(args.output, optimize=True)
+    print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()

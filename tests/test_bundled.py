@@ -1,0 +1,117 @@
+"""The models shipped in weights/: the offline default, verified, blendable, described honestly, inside the wheel."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from test_cli import esrgan
+
+from esrgan_cli.engine import Upscaler, choose_placement
+from esrgan_cli.evaluate import pair_images, score_pairs, summarize, with_upscaler
+from esrgan_cli.metrics import y_channel
+from esrgan_cli.registry import BundledFile, load_registry, resolve_model, weights_dir
+from esrgan_cli.weights import load_weights
+
+from conftest import ROOT
+
+GAN, PSNR = "compact-x4", "compact-psnr-x4"
+CARD = ROOT / "weights" / "README.md"
+
+
+def offline_env(tmp_path: Path) -> dict[str, str]:
+    """An empty Hub cache and no network: only what ships with esrgan can be used."""
+    return {"HF_HOME": str(tmp_path / "hf"), "ESRGAN_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1",
+            "HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9"}
+
+
+def test_the_default_model_is_bundled_and_its_twin_too() -> None:
+    registry = load_registry()
+    assert registry.default == GAN
+    for name in (GAN, PSNR):
+        entry = registry.models[name]
+        assert isinstance(entry.source, BundledFile), name
+        assert entry.source.path.parent == weights_dir()
+        weights = load_weights(resolve_model(name, registry).path)  # sha256-checked
+        assert weights.config == entry.config and weights.source_dtype == torch.float16
+    assert registry.models[GAN].config == registry.models[PSNR].config
+
+
+def test_readme_run_command_works_offline(tmp_path: Path) -> None:
+    out = tmp_path / "cottage_x4.png"
+    r = esrgan("upscale", ROOT / "examples" / "cottage.png", "-o", out, env=offline_env(tmp_path))
+    assert r.returncode == 0, r.stderr
+    src = Image.open(ROOT / "examples" / "cottage.png")
+    assert Image.open(out).size == (src.width * 4, src.height * 4)
+    assert not (tmp_path / "hf").exists() or not any((tmp_path / "hf").rglob("*.safetensors"))
+
+
+def test_blend_of_the_bundled_models_works_offline(tmp_path: Path) -> None:
+    out = tmp_path / "half.safetensors"
+    r = esrgan("blend", PSNR, GAN, "--alpha", "0.5", "-o", out, env=offline_env(tmp_path))
+    assert r.returncode == 0, r.stderr
+    a, b = (load_weights(resolve_model(n).path).state_dict for n in (PSNR, GAN))
+    mixed = load_weights(out).state_dict
+    for key, value in mixed.items():
+        expected = (a[key].float() + b[key].float()) / 2
+        torch.testing.assert_close(value.float(), expected, atol=2e-3, rtol=2e-3)
+
+
+def card_figures() -> dict[tuple[str, str], float]:
+    """The PSNR column of the model card's metrics table: | model | test set | PSNR | ..."""
+    rows = re.findall(r"^\| `?(compact[\w-]*)`? \| (Set5|Set14) \| ([\d.]+) \|", CARD.read_text(), re.MULTILINE)
+    return {(model, testset): float(psnr) for model, testset, psnr in rows}
+
+
+@pytest.mark.parametrize("testset", ["Set5", "Set14"])
+def test_model_card_figures_are_what_eval_measures(shared: Path, testset: str) -> None:
+    """The card's figures come from `esrgan eval` (MATLAB-bicubic LR files, Y channel, 4-pixel border)."""
+    figures = card_figures()
+    root = shared / "testsets" / testset
+    pairs = pair_images(root / "HR", root / "LR_bicubic" / "X4", 4)
+    placement = choose_placement("cpu", "fp32")
+    measured = {}
+    for name in (PSNR, GAN):
+        upscaler = Upscaler(load_weights(resolve_model(name).path), placement)
+        measured[name] = summarize(list(score_pairs(pairs, with_upscaler(upscaler), 4)))
+        assert figures[(name, testset)] == pytest.approx(measured[name].psnr, abs=0.006), name
+    # The PSNR model is the faithful one, and well above bicubic.
+    assert measured[PSNR].psnr > measured[GAN].psnr
+    assert measured[PSNR].psnr > measured[PSNR].psnr_bicubic + 1.0
+
+
+def detail(rgb: np.ndarray) -> float:
+    """Mean absolute Laplacian of the luma: how much fine detail (texture, edges) an image carries."""
+    y = y_channel(rgb)
+    lap = 4 * y[1:-1, 1:-1] - y[:-2, 1:-1] - y[2:, 1:-1] - y[1:-1, :-2] - y[1:-1, 2:]
+    return float(np.abs(lap).mean())
+
+
+def test_gan_model_is_sharper_than_its_psnr_twin(shared: Path) -> None:
+    root = shared / "testsets" / "Set14"
+    placement = choose_placement("cpu", "fp32")
+    runs = {name: with_upscaler(Upscaler(load_weights(resolve_model(name).path), placement)) for name in (PSNR, GAN)}
+    for pair in pair_images(root / "HR", root / "LR_bicubic" / "X4", 4)[:4]:
+        lr = np.asarray(Image.open(pair.lr).convert("RGB"))
+        assert detail(runs[GAN](lr)) > 1.1 * detail(runs[PSNR](lr)), pair.name
+
+
+def test_the_wheel_ships_the_bundled_models(tmp_path: Path) -> None:
+    pytest.importorskip("setuptools", minversion="77")
+    r = subprocess.run([sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "--no-build-isolation",
+                        "-w", str(tmp_path), "-q"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    (wheel,) = tmp_path.glob("esrgan-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    registry = load_registry()
+    shipped = {f"esrgan_cli/bundled/{e.source.path.name}" for e in registry.models.values()
+               if isinstance(e.source, BundledFile)}
+    assert shipped and shipped <= names
+    assert {"esrgan_cli/bundled/registry.json", "esrgan_cli/bundled/README.md"} <= names
