@@ -12,11 +12,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
 from PIL import Image
 
 from esrgan_cli.engine import Upscaler, choose_placement
-from esrgan_cli.imageio import contact_sheet, read_image
+from esrgan_cli.imageio import contact_sheet, read_image, to_uint8
 from esrgan_cli.pipeline import UpscaleOptions, upscale_image
 from esrgan_cli.registry import resolve_model
 from esrgan_cli.resize import imresize
@@ -32,8 +31,7 @@ def main() -> None:
     args = parser.parse_args()
 
     image = read_image(args.image)
-    rgb = np.round(image.rgb * 255).astype(np.uint8)
-    panels = [Image.fromarray(imresize(rgb, 4))]
+    panels = [Image.fromarray(imresize(to_uint8(image.rgb), 4))]
     labels = ["bicubic"]
     placement = choose_placement("cpu", "fp32")
     for spec, label in args.model:

@@ -152,12 +152,11 @@ def is_cached(source: HubFile | BundledFile) -> bool:
     """True when the model can be used offline: bundled, converted by us, or in the Hugging Face cache."""
     if isinstance(source, BundledFile):
         return True
-    hub = source
-    if hub.sha256 and _converted_path(hub.sha256).is_file():
+    if source.sha256 and _converted_path(source.sha256).is_file():
         return True
     import huggingface_hub
 
-    found = huggingface_hub.try_to_load_from_cache(hub.repo, hub.filename, revision=hub.revision)
+    found = huggingface_hub.try_to_load_from_cache(source.repo, source.filename, revision=source.revision)
     return isinstance(found, str) and Path(found).is_file()
 
 

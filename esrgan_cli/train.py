@@ -24,7 +24,7 @@ from torch.nn import functional as F
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from esrgan_cli.arch import RRDBNet, init_interpolating, init_weights
+from esrgan_cli.arch import INIT_SCHEMES, RRDBNet
 from esrgan_cli.atomic import atomic_write
 from esrgan_cli.data import ImageSet, IterationSampler, PatchPairs
 from esrgan_cli.discriminator import VGGDiscriminator
@@ -98,8 +98,7 @@ class Trainer:
         torch.manual_seed(c.seed)
         self.generator = RRDBNet(c.model)
         if c.stage == "psnr":
-            start = init_interpolating if c.weight_init == "interp" else init_weights
-            start(self.generator, 0.1, c.seed)
+            INIT_SCHEMES[c.weight_init](self.generator, 0.1, c.seed)
         else:
             self.generator.load_state_dict(self._init_weights(Path(str(c.init))))
         self.generator.to(device)

@@ -84,7 +84,8 @@ class TrainConfig:
             object.__setattr__(self, "milestones", tuple(sorted(self.milestones)))
 
     def lr_at(self, iteration: int) -> float:
-        """The learning rate of step `iteration` (0-based): halved at every milestone already passed."""
+        """The learning rate of step `iteration` (0-based): ramped up linearly over the warm-up, and halved at every
+        milestone already passed."""
         passed = sum(1 for m in self.milestones or () if iteration >= m)
         ramp = min(1.0, (iteration + 1) / self.warmup) if self.warmup else 1.0
         return self.lr * 0.5**passed * ramp
