@@ -20,9 +20,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+import esrgan_cli
 from esrgan_cli.arch import RRDBConfig, RRDBNet, init_weights
 from esrgan_cli.batch import collect_jobs, run_batch
-from esrgan_cli.engine import Upscaler, choose_placement
 from esrgan_cli.pipeline import UpscaleOptions, batch_stages
 from esrgan_cli.weights import LoadedWeights, load_weights
 
@@ -59,14 +59,14 @@ def main() -> None:
     anime = shared / "weights/realesrgan-x4plus-anime-6b.fp16.safetensors"
     if anime.is_file():
         models["realesrgan anime 6 blocks"] = load_weights(anime)
-    placement = choose_placement(args.device, "auto")
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "in"
         src.mkdir()
         make_inputs(src, args.images, args.size, shared)
         for name, weights in models.items():
-            upscaler = Upscaler(weights, placement)
+            upscaler = esrgan_cli.load_model(weights, device=args.device)
+            placement = upscaler.placement
             for overlap_io in (False, True):
                 best = float("inf")
                 for r in range(args.repeats):

@@ -166,8 +166,8 @@ def run_one(cfg: dict[str, Any]) -> dict[str, Any]:
     """One (mode, size, tile) configuration, best of cfg['repeats']; runs in its own process."""
     import torch
 
-    from esrgan_cli.engine import Upscaler, choose_placement
-    from esrgan_cli.pipeline import upscale_array
+    import esrgan_cli
+    from esrgan_cli.device import choose_placement
     from esrgan_cli.weights import build_model, load_weights
 
     weights = load_weights(Path(cfg["model"]))
@@ -177,10 +177,12 @@ def run_one(cfg: dict[str, Any]) -> dict[str, Any]:
     tile = None if cfg["tile"] == "auto" else int(cfg["tile"])
     scale = weights.config.scale
     if cfg["mode"] == "esrgan":
-        up = Upscaler(weights, placement)
+        up = esrgan_cli.load_model(weights, device, cfg["precision"])
 
         def run() -> tuple[np.ndarray, int]:
-            return upscale_array(rgb.astype(np.float32) / 255.0, up, scale, tile, cfg["overlap"], np.uint8)
+            canvas = np.empty((rgb.shape[0] * scale, rgb.shape[1] * scale, 3), np.uint8)
+            passes = up.upscale_into(rgb.astype(np.float32) / 255.0, canvas, tile, cfg["overlap"])
+            return canvas, passes
     else:
         half = placement.dtype == torch.float16
         net = build_model(weights).to(placement.device).eval()
@@ -248,7 +250,7 @@ def main() -> None:
 
     import torch
 
-    from esrgan_cli.engine import choose_placement
+    from esrgan_cli.device import choose_placement
 
     placement = choose_placement(args.device, args.precision)
     device = str(placement.device)

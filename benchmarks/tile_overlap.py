@@ -19,10 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from esrgan_cli.engine import Upscaler, choose_placement
+import esrgan_cli
 from esrgan_cli.imageio import read_image
-from esrgan_cli.pipeline import upscale_array
-from esrgan_cli.weights import load_weights
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -42,17 +40,17 @@ def main() -> None:
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     overlaps = [int(x) for x in args.overlaps.split(",")]
-    up = Upscaler(load_weights(Path(args.model)), choose_placement(args.device, "fp32"))
+    up = esrgan_cli.load_model(args.model, device=args.device, precision="fp32")
     rows = []
     for path in args.images:
         img = read_image(path)
         t0 = time.perf_counter()
-        ref, _ = upscale_array(img.rgb, up, up.scale, 0, 0, np.float32, up.align)
+        ref = up.upscale(img.rgb, tile=0)
         row = {"image": path.name, "size": [img.width, img.height], "untiled_s": time.perf_counter() - t0}
         for ov in overlaps:
             t0 = time.perf_counter()
-            out, calls = upscale_array(img.rgb, up, up.scale, args.tile, ov, np.float32, up.align)
-            row[f"overlap_{ov}"] = {"psnr": psnr(out, ref), "s": time.perf_counter() - t0, "tiles": calls}
+            out = up.upscale(img.rgb, tile=args.tile, overlap=ov)
+            row[f"overlap_{ov}"] = {"psnr": psnr(out, ref), "s": time.perf_counter() - t0}
         rows.append(row)
         print(path.name, " ".join(f"{ov}:{row[f'overlap_{ov}']['psnr']:.2f}" for ov in overlaps), flush=True)
     print(f"\ntile {args.tile}, {len(rows)} images, PSNR of tiled vs untiled output (dB)")

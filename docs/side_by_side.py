@@ -14,12 +14,9 @@ from pathlib import Path
 
 from PIL import Image
 
-from esrgan_cli.engine import Upscaler, choose_placement
+import esrgan_cli
 from esrgan_cli.imageio import contact_sheet, read_image, to_uint8
-from esrgan_cli.pipeline import UpscaleOptions, upscale_image
-from esrgan_cli.registry import resolve_model
 from esrgan_cli.resize import imresize
-from esrgan_cli.weights import load_weights
 
 
 def main() -> None:
@@ -33,11 +30,11 @@ def main() -> None:
     image = read_image(args.image)
     panels = [Image.fromarray(imresize(to_uint8(image.rgb), 4))]
     labels = ["bicubic"]
-    placement = choose_placement("cpu", "fp32")
-    for spec, label in args.model:
-        upscaler = Upscaler(load_weights(resolve_model(spec).path), placement)
-        panels.append(upscale_image(image, upscaler, "PNG", UpscaleOptions(tile=0)).image)
-        labels.append(label)
+    with Image.open(args.image) as source:
+        source.load()
+        for spec, label in args.model:
+            panels.append(esrgan_cli.load_model(spec, device="cpu").upscale(source, tile=0))
+            labels.append(label)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     sheet = contact_sheet(panels, labels)
     if args.zoom:

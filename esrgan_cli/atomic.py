@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from esrgan_cli.errors import OutputWriteError
+from esrgan_cli.errors import OutputWriteError, first_line
 
 
 def check_folder(path: Path) -> Path:
@@ -30,10 +30,7 @@ def check_output(src: Path, dst: Path) -> None:
 
 
 def _reason(e: OSError) -> str:
-    if e.strerror:
-        return e.strerror
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
+    return e.strerror or first_line(e)
 
 
 @contextmanager

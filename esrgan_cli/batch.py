@@ -18,11 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
+from esrgan_cli.defaults import FORMAT_SUFFIXES, IMAGE_SUFFIXES
 from esrgan_cli.errors import EsrganError
 from esrgan_cli.hashing import sha256_of
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
-FORMAT_SUFFIXES = {"png": ".png", "jpg": ".jpg", "webp": ".webp", "tiff": ".tiff"}
 JOURNAL_NAME = ".esrgan-journal.jsonl"
 
 
@@ -89,6 +88,58 @@ def collect_jobs(
     if not jobs:
         raise BatchError("no images to process (known extensions: " + ", ".join(IMAGE_SUFFIXES) + ")")
     return jobs, ignored
+
+
+@dataclass(frozen=True)
+class BatchOptions:
+    """How a batch finds its inputs and names its outputs. Pass by keyword."""
+
+    recursive: bool = False
+    format: str | None = None  # png, jpg, webp, tiff; None keeps each input's
+    suffix: str = ""
+    overwrite: bool = False  # redo outputs the journal says are done
+    report: Path | None = None  # JSON report of done, skipped and failed files
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    todo: list[Job]
+    skipped: list[Job]  # done and still valid, per the journal
+    ignored: int  # files without an image extension
+
+
+def pixel_options(options: dict[str, Any], quality: int, dtype: str) -> dict[str, Any]:
+    """What the journal compares to decide whether an output is still valid: every option that changes pixels."""
+    kept = {k: v for k, v in options.items() if k != "max_output_pixels"}
+    return {**kept, "quality": quality, "dtype": dtype}
+
+
+def plan_batch(
+    jobs: list[Job], ignored: int, options: BatchOptions, journal: Journal, model_sha256: str, pixels: dict[str, Any]
+) -> BatchPlan:
+    """The jobs of `collect_jobs`, split into what to do and what the journal says is done (unless `overwrite`)."""
+    todo = [j for j in jobs if options.overwrite or not journal.is_done(j, model_sha256, pixels)]
+    pending = set(todo)
+    return BatchPlan(todo, [j for j in jobs if j not in pending], ignored)
+
+
+def write_report(path: Path, plan: BatchPlan, outcomes: list[Outcome], model: str, model_sha256: str,
+                 seconds: float) -> None:
+    """The `--report` JSON: done, skipped and failed files, the model, and the throughput."""
+    from esrgan_cli.atomic import atomic_write
+
+    done = [o for o in outcomes if not o.error]
+    mpx = sum(o.megapixels for o in done)
+    data = {
+        "model": model, "model_sha256": model_sha256, "seconds": round(seconds, 3),
+        "input_megapixels_per_second": round(mpx / seconds, 4) if seconds > 0 else None,
+        "done": [{"input": str(o.job.src), "output": str(o.job.dst)} for o in done],
+        "skipped": [{"input": str(j.src), "output": str(j.dst)} for j in plan.skipped],
+        "failed": [{"input": str(o.job.src), "output": str(o.job.dst), "error": o.error}
+                   for o in outcomes if o.error],
+    }
+    with atomic_write(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
 
 
 class Journal:

@@ -11,3 +11,13 @@ DEFAULT_OVERLAP = 48
 DEFAULT_MAX_OUTPUT_PIXELS = 1 << 28
 
 DEFAULT_QUALITY = 95
+
+# BT.601 luma, for one-channel models and grayscale output (metrics.py's Y channel is YCbCr's, scaled differently).
+LUMA_WEIGHTS = (0.299, 0.587, 0.114)
+
+# Image file extensions esrgan reads and writes, and the Pillow format each one means.
+FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".tif": "TIFF", ".tiff": "TIFF",
+           ".bmp": "BMP"}
+IMAGE_SUFFIXES = tuple(FORMATS)
+# `--format` names → the extension a batch writes.
+FORMAT_SUFFIXES = {"png": ".png", "jpg": ".jpg", "webp": ".webp", "tiff": ".tiff"}

@@ -33,3 +33,13 @@ class ChecksumError(EsrganError):
 
 class DeviceError(EsrganError):
     """The requested device or precision is not available."""
+
+
+class OutOfMemoryError(EsrganError):
+    """The device ran out of memory even at the smallest tile."""
+
+
+def first_line(e: BaseException, limit: int = 200) -> str:
+    """An exception's message cut to one line, for error messages that must stay on one line."""
+    text = str(e).strip().splitlines()
+    return text[0][:limit] if text else type(e).__name__

@@ -18,7 +18,6 @@ from esrgan_cli.engine import Upscaler
 from esrgan_cli.errors import EsrganError, ImageReadError
 from esrgan_cli.imageio import image_files, read_image, to_uint8
 from esrgan_cli.metrics import psnr_y, ssim_y
-from esrgan_cli.pipeline import upscale_array
 from esrgan_cli.resize import imresize, modcrop
 
 Upscale = Callable[[np.ndarray], np.ndarray]
@@ -117,9 +116,7 @@ def score_pairs(pairs: list[EvalPair], upscale: Upscale, scale: int) -> Iterator
 def with_upscaler(upscaler: Upscaler, tile: int | None = None, overlap: int = DEFAULT_OVERLAP) -> Upscale:
     """A model on its device as an 8-bit image upscaler; `tile` None picks whole images or tiles per memory budget."""
     def run(lr: np.ndarray) -> np.ndarray:
-        canvas, _ = upscale_array(lr.astype(np.float32) / 255.0, upscaler, upscaler.scale, tile, overlap, np.uint8,
-                                  upscaler.align)
-        return canvas
+        return upscaler.upscale(lr, tile=tile, overlap=overlap)
 
     return run
 

@@ -18,16 +18,15 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from esrgan_cli.atomic import atomic_write
-from esrgan_cli.errors import ImageReadError, ImageWriteError
+from esrgan_cli.defaults import FORMATS, LUMA_WEIGHTS
+from esrgan_cli.errors import ImageReadError, ImageWriteError, first_line
 from esrgan_cli.tiling import to_canvas_dtype
 
-FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".tif": "TIFF", ".tiff": "TIFF",
-           ".bmp": "BMP"}
 SIXTEEN_BIT_FORMATS = {"PNG", "TIFF"}
 ALPHA_FORMATS = {"PNG", "WEBP", "TIFF", "BMP"}
 CMYK_FORMATS = {"JPEG", "TIFF"}
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error, IndexError)
-_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+_LUMA = np.array(LUMA_WEIGHTS, dtype=np.float32)
 
 
 @dataclass(frozen=True)
@@ -75,8 +74,7 @@ def read_image(path: Path, max_pixels: int | None = None) -> LoadedImage:
                 if w == 0 or h == 0:
                     raise ImageReadError(f"{path}: the image is empty ({w}×{h})")
                 img.load()
-                img = ImageOps.exif_transpose(img) or img
-                return _to_arrays(path, img)
+                return from_pil(img, str(path))
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ImageReadError(f"{path}: over Pillow's decompression-bomb pixel limit ({limit:,} pixels)") from None
     except PermissionError:
@@ -85,19 +83,16 @@ def read_image(path: Path, max_pixels: int | None = None) -> LoadedImage:
         kind = "empty file" if path.stat().st_size == 0 else "not an image Pillow can read"
         raise ImageReadError(f"{path}: {kind}") from None
     except _DECODE_ERRORS as e:
-        raise ImageReadError(f"{path}: cannot decode ({_one_line(e)})") from None
+        raise ImageReadError(f"{path}: cannot decode ({first_line(e, 160)})") from None
 
 
 def _too_large(path: Path, w: int, h: int, limit: int) -> str:
     return f"{path}: {w}×{h} is {w * h:,} pixels, over the input limit of {limit:,} (a decompression bomb?)"
 
 
-def _one_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0][:160] if text else type(e).__name__
-
-
-def _to_arrays(path: Path, img: Image.Image) -> LoadedImage:
+def from_pil(img: Image.Image, label: str = "image") -> LoadedImage:
+    """A decoded Pillow image → planes, its EXIF orientation applied; `label` names it in errors."""
+    img = ImageOps.exif_transpose(img) or img
     icc = img.info.get("icc_profile") or None
     exif = img.info.get("exif") or None
     mode = img.mode
@@ -110,7 +105,7 @@ def _to_arrays(path: Path, img: Image.Image) -> LoadedImage:
     elif mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
         plane = np.asarray(img).astype(np.int64)
         if plane.min() < 0 or plane.max() > 65535:
-            raise ImageReadError(f"{path}: 32-bit integer images are not supported")
+            raise ImageReadError(f"{label}: 32-bit integer images are not supported")
         gray = (plane.astype(np.float32) / 65535.0)[..., None]
         return LoadedImage(np.repeat(gray, 3, axis=2), None, True, 16, False, icc, exif)
     elif mode == "CMYK":
@@ -119,7 +114,7 @@ def _to_arrays(path: Path, img: Image.Image) -> LoadedImage:
         try:
             img = img.convert("RGB")
         except ValueError:
-            raise ImageReadError(f"{path}: unsupported image mode {mode}") from None
+            raise ImageReadError(f"{label}: unsupported image mode {mode}") from None
         icc = None  # the profile described the original colour space, not RGB
     if img.mode in ("L", "LA"):
         planes = _unit(img)
@@ -226,8 +221,9 @@ def contact_sheet(images: list[Image.Image], labels: list[str], gap: int = 8) ->
     from PIL import ImageDraw, ImageFont
 
     tiles = [im.convert("RGB") for im in images]
-    font = ImageFont.load_default(size=max(14, tiles[0].height // 24))
-    label_h = font.size + 2 * gap
+    size = max(14, tiles[0].height // 24)
+    font = ImageFont.load_default(size=size)
+    label_h = size + 2 * gap
     width = sum(t.width for t in tiles) + gap * (len(tiles) + 1)
     height = max(t.height for t in tiles) + label_h + gap
     sheet = Image.new("RGB", (width, height), "white")

@@ -1,41 +1,53 @@
-"""One image through the model: checks, tiling, alpha, final resize. No printing: the CLI reports."""
+"""One image through the model: checks, planes, alpha, final resize. No printing: the CLI reports.
+
+`upscale_image` serves the command line (decoded files in, a Pillow image for a given output format out);
+`upscale_any` serves the Python API (a Pillow image or a numpy array in, the same kind out).
+"""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import numpy as np
 from PIL import Image
 
 from esrgan_cli.batch import Job, Journal, Stages
 from esrgan_cli.defaults import DEFAULT_MAX_OUTPUT_PIXELS, DEFAULT_OVERLAP
-from esrgan_cli.engine import Upscaler, auto_tile, memory_budget, with_tta
 from esrgan_cli.errors import ImageReadError
 from esrgan_cli.hashing import sha256_of
 from esrgan_cli.imageio import (
     LoadedImage,
     compose,
+    from_pil,
     output_bit_depth,
     output_format,
     read_image,
     resize_alpha,
+    to_gray,
     write_image,
 )
-from esrgan_cli.tiling import Model, run_tiled
+
+if TYPE_CHECKING:
+    from esrgan_cli.engine import Upscaler
 
 Progress = Callable[[int, int], None]
 """(input pixels just finished, total input pixels of this image)"""
+AlphaMode = Literal["resize", "model"]
+ImageT = TypeVar("ImageT", Image.Image, np.ndarray)
 
 
 @dataclass(frozen=True)
 class UpscaleOptions:
+    """What changes the pixels of one upscale. Pass by keyword."""
+
     tile: int | None = None  # None: automatic from the memory budget; 0: whole image
     overlap: int = DEFAULT_OVERLAP
     outscale: float | None = None
-    alpha: str = "resize"  # "resize" or "model"
-    max_output_pixels: int = DEFAULT_MAX_OUTPUT_PIXELS
+    alpha: AlphaMode = "resize"  # transparency resized (bilinear), or upscaled by the model too
+    max_output_pixels: int = DEFAULT_MAX_OUTPUT_PIXELS  # 0: no limit
     tta: bool = False  # 8-fold self-ensemble
 
 
@@ -48,76 +60,157 @@ class UpscaleResult:
     notes: list[str] = field(default_factory=list)
 
 
-def final_size(image: LoadedImage, scale: int, outscale: float | None) -> tuple[int, int]:
+@dataclass
+class Planes:
+    """The model's output before it becomes an image: colour canvas (H×W×3, in the requested type) and alpha."""
+
+    rgb: np.ndarray
+    alpha: np.ndarray | None  # H×W float32 in [0, 1]
+    blocks: int
+
+
+def final_size(width: int, height: int, scale: int, outscale: float | None) -> tuple[int, int]:
     """(width, height) of the written image."""
     factor = outscale if outscale is not None else scale
-    return max(1, round(image.width * factor)), max(1, round(image.height * factor))
+    return max(1, round(width * factor)), max(1, round(height * factor))
 
 
-def upscale_array(
-    rgb: np.ndarray, model: Model | Upscaler, scale: int, tile: int | None, overlap: int, dtype: np.dtype,
-    align: int = 1, on_progress: Callable[[int], None] | None = None,
-) -> tuple[np.ndarray, int]:
-    """An H×W×3 float image → (H·s)×(W·s)×3 canvas in `dtype`, and the number of (trunk) passes.
-
-    An `Upscaler` runs staged (trunk and tail tiled apart); any other callback runs on plain tiles. `tile` None
-    picks tiles from the memory budget."""
-    h, w = rgb.shape[:2]
-    canvas = np.empty((h * scale, w * scale, 3), dtype=dtype)
-    if isinstance(model, Upscaler):
-        return canvas, model.upscale_into(rgb, canvas, tile, overlap, on_progress)
-    if tile is None:
-        raise ValueError("automatic tiles need an Upscaler")
-    calls = run_tiled(rgb, model, scale, canvas, tile, overlap, align=align, on_progress=on_progress)
-    return canvas, calls
-
-
-def upscale_image(
-    image: LoadedImage, upscaler: Upscaler, fmt: str, options: UpscaleOptions, progress: Progress | None = None
-) -> UpscaleResult:
-    start = time.perf_counter()
-    s = upscaler.scale
-    out_w, out_h = final_size(image, s, options.outscale)
-    canvas_pixels = image.width * s * image.height * s
-    biggest = max(out_w * out_h, canvas_pixels)
+def check_size(image: LoadedImage, scale: int, options: UpscaleOptions) -> None:
+    """Refuse, before any work, an output over `max_output_pixels`."""
+    out_w, out_h = final_size(image.width, image.height, scale, options.outscale)
+    biggest = max(out_w * out_h, image.width * scale * image.height * scale)
     if options.max_output_pixels and biggest > options.max_output_pixels:
         raise ImageReadError(
             f"{image.width}×{image.height} would upscale to {biggest:,} pixels, over the limit of "
             f"{options.max_output_pixels:,}; raise it with --max-output-pixels if you have the memory"
         )
-    tile = options.tile
-    if tile is None and options.tta:
-        budget = memory_budget(upscaler.placement.device)
-        tile = auto_tile(image.height, image.width, options.overlap, upscaler.per_pixel_bytes(), budget)
-    dtype = np.uint16 if output_bit_depth(image, fmt) == 16 else np.uint8
-    planes = 2 if image.alpha is not None and options.alpha == "model" else 1
+
+
+def upscale_planes(
+    image: LoadedImage, upscaler: Upscaler, options: UpscaleOptions, dtype: np.dtype[Any],
+    progress: Progress | None = None,
+) -> Planes:
+    """Colour through the model into a canvas of `dtype`; alpha resized, or through the model as well."""
+    s = upscaler.scale
+    planes = 2 if image.alpha is not None and options.alpha == "model" and upscaler.channels == 3 else 1
     total = image.width * image.height * planes
 
     def advance(n: int) -> None:
         if progress:
             progress(n, total)
 
-    retries_before = upscaler.fp32_retries
-    model = with_tta(upscaler) if options.tta else upscaler
-    canvas, calls = upscale_array(image.rgb, model, s, tile, options.overlap, dtype, upscaler.align, advance)
+    def run(source: np.ndarray, canvas_dtype: np.dtype[Any]) -> tuple[np.ndarray, int]:
+        canvas = np.empty((image.height * s, image.width * s, upscaler.channels), dtype=canvas_dtype)
+        blocks = upscaler.upscale_into(source, canvas, options.tile, options.overlap, advance, tta=options.tta)
+        return canvas, blocks
+
+    if upscaler.channels == 4:
+        # An RGBA model carries transparency itself; an opaque image gets an opaque alpha plane.
+        alpha_in = image.alpha if image.alpha is not None else np.ones(image.rgb.shape[:2], np.float32)
+        canvas, blocks = run(np.concatenate([image.rgb, alpha_in[..., None]], axis=2), dtype)
+        alpha = _unit(canvas[..., 3]) if image.alpha is not None else None
+        return Planes(np.ascontiguousarray(canvas[..., :3]), alpha, blocks)
+    canvas, blocks = run(image.rgb, dtype)
     alpha = None
     if image.alpha is not None:
         if options.alpha == "model":
-            a3 = np.repeat(image.alpha[..., None], 3, axis=2)
             # Alpha is written with 8 bits anyway; a uint8 canvas keeps memory at 3 bytes per output pixel.
-            a_canvas, more = upscale_array(a3, model, s, tile, options.overlap, np.uint8, upscaler.align, advance)
-            calls += more
+            a_canvas, more = run(np.repeat(image.alpha[..., None], 3, axis=2), np.dtype(np.uint8))
+            blocks += more
             alpha = a_canvas.mean(axis=2, dtype=np.float32) / 255
         else:
             alpha = resize_alpha(image.alpha, (image.width * s, image.height * s))
+    return Planes(canvas, alpha, blocks)
+
+
+def upscale_image(
+    image: LoadedImage, upscaler: Upscaler, fmt: str, options: UpscaleOptions, progress: Progress | None = None
+) -> UpscaleResult:
+    """A decoded file → the Pillow image to write as `fmt` (PNG, JPEG, …), with notes on what `fmt` cannot hold."""
+    start = time.perf_counter()
+    check_size(image, upscaler.scale, options)
+    retries_before = upscaler.fp32_retries
+    dtype = np.dtype(np.uint16 if output_bit_depth(image, fmt) == 16 else np.uint8)
+    planes = upscale_planes(image, upscaler, options, dtype, progress)
     notes: list[str] = []
-    result = compose(canvas, alpha, image, fmt, notes)
-    del canvas, alpha
-    if result.size != (out_w, out_h):
-        result = result.resize((out_w, out_h), Image.Resampling.LANCZOS)
-    return UpscaleResult(
-        result, calls, upscaler.fp32_retries - retries_before, time.perf_counter() - start, notes
-    )
+    result = compose(planes.rgb, planes.alpha, image, fmt, notes)
+    blocks = planes.blocks
+    del planes
+    size = final_size(image.width, image.height, upscaler.scale, options.outscale)
+    if result.size != size:
+        result = result.resize(size, Image.Resampling.LANCZOS)
+    return UpscaleResult(result, blocks, upscaler.fp32_retries - retries_before, time.perf_counter() - start, notes)
+
+
+def upscale_any(upscaler: Upscaler, image: ImageT, options: UpscaleOptions) -> ImageT:
+    """The Python API's upscale: a Pillow image keeps its mode, alpha, 16-bit depth, ICC profile and EXIF; a numpy
+    array keeps its type and channels."""
+    if isinstance(image, Image.Image):
+        loaded = from_pil(image)
+        check_size(loaded, upscaler.scale, options)
+        # TIFF holds everything a Pillow image can carry here: alpha, 16-bit grayscale and CMYK.
+        result = upscale_image(loaded, upscaler, "TIFF", options).image
+        if loaded.icc_profile:
+            result.info["icc_profile"] = loaded.icc_profile
+        if loaded.exif:
+            result.info["exif"] = loaded.exif
+        return result
+    if isinstance(image, np.ndarray):
+        loaded, dtype = _from_array(image)
+        check_size(loaded, upscaler.scale, options)
+        planes = upscale_planes(loaded, upscaler, options, dtype)
+        out = _to_array(planes, loaded.grayscale, image.ndim == 2)
+        size = final_size(loaded.width, loaded.height, upscaler.scale, options.outscale)
+        return _resize_array(out, size) if (out.shape[1], out.shape[0]) != size else out
+    raise TypeError(f"expected a PIL.Image.Image or a numpy array, got {type(image).__name__}")
+
+
+def _from_array(array: np.ndarray) -> tuple[LoadedImage, np.dtype[Any]]:
+    """H×W or H×W×C (C: 1 gray, 2 gray + alpha, 3 RGB, 4 RGBA) → planes, and the canvas type to give back."""
+    if array.ndim == 2:
+        array = array[..., None]
+    if array.ndim != 3 or array.shape[2] not in (1, 2, 3, 4) or array.shape[0] == 0 or array.shape[1] == 0:
+        raise ValueError(f"expected an H×W or H×W×C image array with C in 1..4, got shape {array.shape}")
+    if array.dtype == np.uint8 or array.dtype == np.uint16:
+        dtype = array.dtype
+    elif np.issubdtype(array.dtype, np.floating):
+        if not np.isfinite(array).all():
+            raise ValueError("the image array holds NaN or infinite values")
+        dtype = np.dtype(np.float32)
+    else:
+        raise TypeError(f"unsupported image array type {array.dtype} (use uint8, uint16 or float in [0, 1])")
+    unit = _unit(array)
+    channels = unit.shape[2]
+    gray = channels <= 2
+    rgb = np.repeat(unit[..., :1], 3, axis=2) if gray else np.ascontiguousarray(unit[..., :3])
+    alpha = unit[..., -1] if channels in (2, 4) else None
+    bits = 16 if array.dtype == np.uint16 else 8
+    return LoadedImage(rgb, alpha, gray, bits, False, None, None), dtype
+
+
+def _to_array(planes: Planes, grayscale: bool, two_d: bool) -> np.ndarray:
+    colour = to_gray(planes.rgb)[..., None] if grayscale else planes.rgb
+    if planes.alpha is not None:
+        alpha = planes.alpha
+        if np.issubdtype(colour.dtype, np.integer):
+            top = np.iinfo(colour.dtype).max
+            alpha = np.clip(np.rint(alpha * top), 0, top)
+        colour = np.concatenate([colour, alpha.astype(colour.dtype)[..., None]], axis=2)
+    return colour[..., 0] if two_d else colour
+
+
+def _resize_array(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Lanczos to (width, height), plane by plane in float, back to the array's type."""
+    planes = array[..., None] if array.ndim == 2 else array
+    out = np.stack([np.asarray(Image.fromarray(planes[..., c].astype(np.float32), mode="F").resize(
+        size, Image.Resampling.LANCZOS)) for c in range(planes.shape[2])], axis=2)
+    if np.issubdtype(array.dtype, np.integer):
+        top = np.iinfo(array.dtype).max
+        out = np.clip(np.rint(out), 0, top)
+    else:
+        out = np.clip(out, 0.0, 1.0)
+    out = out.astype(array.dtype)
+    return out[..., 0] if array.ndim == 2 else out
 
 
 def batch_stages(
@@ -141,3 +234,10 @@ def batch_stages(
         return image.width * image.height / 1e6
 
     return Stages(decode, compute, encode)
+
+
+def _unit(plane: np.ndarray) -> np.ndarray:
+    """An integer or float plane → float32 in [0, 1]."""
+    if np.issubdtype(plane.dtype, np.integer):
+        return plane.astype(np.float32) / np.iinfo(plane.dtype).max
+    return np.clip(plane.astype(np.float32), 0.0, 1.0)

@@ -20,7 +20,7 @@ from importlib import resources
 from pathlib import Path
 
 from esrgan_cli.arch import RRDBConfig
-from esrgan_cli.errors import ChecksumError, ModelNotFoundError
+from esrgan_cli.errors import ChecksumError, ModelNotFoundError, first_line
 from esrgan_cli.weights import load_weights, save_safetensors, sha256_of
 
 
@@ -217,8 +217,7 @@ def _download(hub: HubFile, label: str, offline_hint: str) -> Path:
     except hf_errors.EntryNotFoundError:
         raise ModelNotFoundError(f"{label}: no file {hub.filename!r} in {hub.repo}@{hub.revision}") from None
     except (hf_errors.HfHubHTTPError, OSError) as e:
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ModelNotFoundError(f"{label}: download of {hub.where()} failed: {reason[:200]}") from None
+        raise ModelNotFoundError(f"{label}: download of {hub.where()} failed: {first_line(e)}") from None
     finally:
         hf_logging.set_verbosity(previous_level)
 

@@ -17,12 +17,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from esrgan_cli.errors import OutOfMemoryError
+
 Model = Callable[[np.ndarray], np.ndarray]
 """H×W×C float32 in [0, 1] → (H·scale)×(W·scale)×C' float32 in [0, 1]."""
 
 
 class TileTooLarge(Exception):
-    """Raised by a model callback (for example on out-of-memory) to have the tile split in half."""
+    """Raised by a block's compute (for example on out-of-memory) to have the block split in half."""
 
 
 @dataclass(frozen=True)
@@ -118,54 +120,6 @@ def to_canvas_dtype(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
     return np.clip(values, 0.0, 1.0).astype(dtype, copy=False)
 
 
-def run_tiled(
-    image: np.ndarray,
-    model: Model,
-    scale: int,
-    canvas: np.ndarray,
-    tile: int,
-    overlap: int,
-    align: int = 1,
-    min_tile: int = 16,
-    on_progress: Callable[[int], None] | None = None,
-) -> int:
-    """Upscale `image` (H×W×C float32) into `canvas` ((H·s)×(W·s)×C', any dtype) tile by tile.
-
-    `on_progress` receives the number of input pixels each finished tile covered.
-    A callback raising TileTooLarge gets that tile re-planned at half the size,
-    down to `min_tile`. Returns the number of model calls made.
-    """
-    height, width = image.shape[:2]
-    expected = (height * scale, width * scale)
-    if canvas.shape[:2] != expected:
-        raise ValueError(f"canvas is {canvas.shape[:2]}, expected {expected}")
-    calls = 0
-
-    def run(tiles: list[Tile]) -> None:
-        nonlocal calls
-        for t in tiles:
-            window = image[t.window.slices()]
-            try:
-                calls += 1
-                out = model(window)
-            except TileTooLarge:
-                half = max(t.core.height, t.core.width, align) // 2
-                if half < min_tile:
-                    raise
-                run(plan_tiles(height, width, half, overlap, align, area=t.core))
-                continue
-            want = (t.window.height * scale, t.window.width * scale)
-            if out.shape[:2] != want:
-                raise ValueError(f"model returned {out.shape[:2]} for a {t.window.height}×{t.window.width} window")
-            crop = t.output_crop(scale)
-            canvas[t.core.scaled(scale).slices()] = to_canvas_dtype(out[crop.slices()], canvas.dtype)
-            if on_progress:
-                on_progress(t.core.area)
-
-    run(plan_tiles(height, width, tile, overlap, align))
-    return calls
-
-
 @dataclass(frozen=True)
 class StagedTile:
     """A trunk tile and the tail tiles that cover its core (all in input pixels).
@@ -195,3 +149,108 @@ def plan_staged(
             tails.append(Tile(sub.core, clipped))
         staged.append(StagedTile(t, tuple(tails)))
     return staged
+
+
+@dataclass(frozen=True)
+class TilePlan:
+    """How an image is cut: trunk tiles with `overlap` context, tail tiles with `reach` (sizes <= 0: whole).
+
+    Out of memory, a block is re-planned at half its size, down to `min_tile`."""
+
+    height: int
+    width: int
+    trunk_tile: int
+    tail_tile: int
+    overlap: int
+    reach: int = 0
+    align: int = 1
+    min_tile: int = 16
+
+
+Compute = Callable[[StagedTile], None]
+"""Runs one block and writes its core's output; raises TileTooLarge to have it split."""
+
+
+def run_blocks(plan: TilePlan, compute: Compute, on_progress: Callable[[int], None] | None = None) -> int:
+    """Run `compute` on every block of `plan`, halving any block it refuses; returns the blocks run.
+
+    This is the one out-of-memory policy: a block that raises TileTooLarge is re-planned over its own core at half
+    the size (its tail tiles no larger), down to `plan.min_tile`, past which the failure is an OutOfMemoryError.
+    `on_progress` receives the input pixels each finished block covered."""
+    calls = 0
+
+    def run(blocks: list[StagedTile], tail: int) -> None:
+        nonlocal calls
+        for block in blocks:
+            calls += 1
+            try:
+                compute(block)
+            except TileTooLarge:
+                core = block.trunk.core
+                half = max(core.height, core.width, plan.align) // 2
+                if half < plan.min_tile:
+                    raise OutOfMemoryError(
+                        f"out of memory even with {max(core.height, core.width)}-pixel tiles; "
+                        "free memory, use a smaller model, or --device cpu"
+                    ) from None
+                smaller = min(tail, half) if tail > 0 else half
+                run(plan_staged(plan.height, plan.width, half, smaller, plan.overlap, plan.reach, plan.align, core),
+                    smaller)
+                continue
+            if on_progress:
+                on_progress(block.trunk.core.area)
+
+    run(plan_staged(plan.height, plan.width, plan.trunk_tile, plan.tail_tile, plan.overlap, plan.reach, plan.align),
+        plan.tail_tile)
+    return calls
+
+
+def run_tiled(
+    image: np.ndarray, model: Model, scale: int, canvas: np.ndarray, *, tile: int, overlap: int, align: int = 1,
+    on_progress: Callable[[int], None] | None = None,
+) -> int:
+    """Upscale `image` (H×W×C float32) into `canvas` ((H·s)×(W·s)×C', any dtype) with a plain tile callback.
+
+    Each block's window goes through `model` whole and its core is pasted; returns the number of model calls."""
+    height, width = image.shape[:2]
+    expected = (height * scale, width * scale)
+    if canvas.shape[:2] != expected:
+        raise ValueError(f"canvas is {canvas.shape[:2]}, expected {expected}")
+
+    def paste(block: StagedTile) -> None:
+        t = block.trunk
+        out = model(image[t.window.slices()])
+        if out.shape[:2] != (t.window.height * scale, t.window.width * scale):
+            raise ValueError(f"model returned {out.shape[:2]} for a {t.window.height}×{t.window.width} window")
+        canvas[t.core.scaled(scale).slices()] = to_canvas_dtype(out[t.output_crop(scale).slices()], canvas.dtype)
+
+    plan = TilePlan(height, width, tile, 0, overlap, align=align)
+    return run_blocks(plan, paste, on_progress)
+
+
+@dataclass(frozen=True)
+class Transform:
+    """One of the 8 flips and 90° turns of the self-ensemble: `turns` counter-clockwise, then a left-right flip."""
+
+    turns: int
+    flip: bool
+
+    def apply(self, array: np.ndarray) -> np.ndarray:
+        out = np.rot90(array, self.turns)
+        return out[:, ::-1] if self.flip else out
+
+    def invert(self, array: np.ndarray) -> np.ndarray:
+        return np.rot90(array[:, ::-1] if self.flip else array, -self.turns)
+
+    def region(self, r: Region, height: int, width: int) -> Region:
+        """Where `r`, in a height×width frame, lies after `apply`."""
+        for _ in range(self.turns % 4):
+            # rot90: the pixel at (row, col) moves to (width - 1 - col, row).
+            r = Region(width - r.right, r.top, width - r.left, r.bottom)
+            height, width = width, height
+        if self.flip:
+            r = Region(r.top, width - r.right, r.bottom, width - r.left)
+        return r
+
+
+ENSEMBLE = tuple(Transform(turns, flip) for turns in range(4) for flip in (False, True))

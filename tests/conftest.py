@@ -6,6 +6,7 @@ import os
 import re
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -108,3 +109,10 @@ def out_of_memory_above(fn: Forward, pixels: int) -> Forward:
         return fn(x)
 
     return limited
+
+
+def run_upscaler(up: Any, rgb: np.ndarray, tile: int | None, overlap: int, dtype: type = np.float32,
+                 tta: bool = False) -> tuple[np.ndarray, int]:
+    """An H×W×3 float image through `Upscaler.upscale_into`: the canvas in `dtype` and the blocks run."""
+    canvas = np.empty((rgb.shape[0] * up.scale, rgb.shape[1] * up.scale, up.channels), dtype)
+    return canvas, up.upscale_into(rgb, canvas, tile, overlap, tta=tta)

@@ -18,10 +18,9 @@ from test_cli import esrgan
 
 from esrgan_cli.arch import RRDBConfig
 from esrgan_cli.batch import BatchError, Job, Journal, Stages, collect_jobs, run_batch
-from esrgan_cli.engine import Upscaler, choose_placement, with_tta
 from esrgan_cli.errors import EsrganError
 from esrgan_cli.hashing import sha256_of
-from esrgan_cli.weights import load_weights, save_safetensors
+from esrgan_cli.weights import save_safetensors
 
 from conftest import ROOT, random_image, tiny_model
 
@@ -214,24 +213,6 @@ def test_sigint_during_a_batch_exits_130_and_the_rerun_resumes(tmp_path: Path) -
     assert rerun.returncode == 0, rerun.stderr
     assert len(list(out.glob("*.png"))) == 16
     assert {p: p.stat().st_mtime_ns for p in finished} == before
-
-
-def test_tta_averages_the_eight_transforms(tiny_weights: Path) -> None:
-    def nearest(x: np.ndarray) -> np.ndarray:  # equivariant to flips and rotations
-        return x.repeat(2, axis=0).repeat(2, axis=1)
-
-    image = random_image(9, 13)
-    assert np.allclose(with_tta(nearest)(image), nearest(image))
-    up = Upscaler(load_weights(tiny_weights), choose_placement("cpu", "fp32"))
-    expected = np.zeros((36, 52, 3), np.float32)
-    for k in range(4):
-        for flip in (False, True):
-            x = np.rot90(image, k)
-            x = x[:, ::-1] if flip else x
-            y = up(np.ascontiguousarray(x))
-            expected += np.rot90(y[:, ::-1] if flip else y, -k)
-    assert np.allclose(with_tta(up)(image), expected / 8, atol=1e-6)
-    assert not np.allclose(expected / 8, up(image), atol=1e-3)  # a random net is not equivariant
 
 
 def test_one_file_into_an_existing_folder_or_a_name_without_extension(tiny_weights: Path, tmp_path: Path) -> None:

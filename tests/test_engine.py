@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from esrgan_cli.arch import RRDBConfig
-from esrgan_cli.engine import Placement, Upscaler, auto_tile, bytes_per_input_pixel, choose_placement
-from esrgan_cli.errors import DeviceError
+from esrgan_cli.device import Placement, auto_tile, bytes_per_input_pixel, choose_placement
+from esrgan_cli.engine import Upscaler
+from esrgan_cli.errors import DeviceError, OutOfMemoryError
 from esrgan_cli.tiling import TileTooLarge, run_tiled
 from esrgan_cli.weights import LoadedWeights, load_weights
 
@@ -55,13 +56,22 @@ def test_fp16_overflow_is_recomputed_in_fp32() -> None:
 
 def test_out_of_memory_asks_the_tiler_for_smaller_tiles(tiny_weights: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     up = Upscaler(load_weights(tiny_weights), Placement(torch.device("cpu"), torch.float32))
-    monkeypatch.setattr(up.model, "forward", out_of_memory_above(up.model.forward, 24 * 24))
+    monkeypatch.setattr(up.model, "trunk", out_of_memory_above(up.model.trunk, 24 * 24))
     with pytest.raises(TileTooLarge):
         up(random_image(40, 40))
     image = random_image(40, 40)
     canvas = np.zeros((160, 160, 3), np.float32)
     calls = run_tiled(image, up, 4, canvas, tile=0, overlap=4)
     assert calls > 1 and canvas.max() > 0
+
+
+def test_out_of_memory_at_every_size_is_one_typed_line(tiny_weights: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    up = Upscaler(load_weights(tiny_weights), Placement(torch.device("cpu"), torch.float32))
+    monkeypatch.setattr(up.model, "trunk", out_of_memory_above(up.model.trunk, 0))
+    for tta in (False, True):
+        with pytest.raises(OutOfMemoryError) as caught:
+            up.upscale_into(random_image(40, 40), np.zeros((160, 160, 3), np.uint8), None, 8, tta=tta)
+        assert "\n" not in str(caught.value) and "out of memory" in str(caught.value)
 
 
 def test_auto_tile_runs_whole_images_that_fit_and_tiles_those_that_do_not() -> None:
@@ -87,7 +97,8 @@ def rss(field):
     code = hwm + """
 import sys, numpy as np, torch
 from pathlib import Path
-from esrgan_cli.engine import Upscaler, choose_placement, bytes_per_input_pixel
+from esrgan_cli.device import bytes_per_input_pixel, choose_placement
+from esrgan_cli.engine import Upscaler
 from esrgan_cli.weights import load_weights
 up = Upscaler(load_weights(Path(sys.argv[1])), choose_placement("cpu", "fp32"))
 up(np.random.rand(16, 16, 3).astype(np.float32))
@@ -100,7 +111,8 @@ print((rss("VmHWM") - base) / 128 / 128, bytes_per_input_pixel(up.config, torch.
     trunk_code = hwm + """
 import sys, torch
 from pathlib import Path
-from esrgan_cli.engine import Upscaler, choose_placement, trunk_bytes_per_pixel
+from esrgan_cli.device import choose_placement, trunk_bytes_per_pixel
+from esrgan_cli.engine import Upscaler
 from esrgan_cli.weights import load_weights
 up = Upscaler(load_weights(Path(sys.argv[1])), choose_placement("cpu", "fp32"))
 with torch.inference_mode():

@@ -16,10 +16,9 @@ from esrgan_cli.arch import RRDBConfig
 from esrgan_cli.blend import parse_alphas
 from esrgan_cli.engine import Upscaler, choose_placement
 from esrgan_cli.imageio import read_image
-from esrgan_cli.pipeline import upscale_array
 from esrgan_cli.weights import load_weights, save_safetensors, sha256_of
 
-from conftest import random_image, tiny_model
+from conftest import random_image, run_upscaler, tiny_model
 
 
 @pytest.fixture
@@ -131,8 +130,8 @@ def test_convert_and_info_of_each_legacy_file(shared: Path, tmp_path: Path) -> N
                                   "num_grow": 32, "scale": 4, "unshuffle": 1}
         assert info["parameters"] == 4_467_779
         assert info["metadata"]["esrgan.source_sha256"] == sha256_of(src)
-        original, _ = upscale_array(rgb, Upscaler(load_weights(src), placement), 4, 0, 0, np.float32)
-        converted, _ = upscale_array(rgb, Upscaler(load_weights(out), placement), 4, 0, 0, np.float32)
+        original, _ = run_upscaler(Upscaler(load_weights(src), placement), rgb, 0, 0, np.float32)
+        converted, _ = run_upscaler(Upscaler(load_weights(out), placement), rgb, 0, 0, np.float32)
         assert np.array_equal(original, converted), src.name
 
 

@@ -16,10 +16,9 @@ from torch.nn import functional as F
 from esrgan_cli.defaults import DEFAULT_OVERLAP
 from esrgan_cli.engine import Upscaler, choose_placement
 from esrgan_cli.imageio import read_image
-from esrgan_cli.pipeline import upscale_array
 from esrgan_cli.weights import load_weights
 
-from conftest import ROOT, psnr
+from conftest import ROOT, psnr, run_upscaler
 
 X4PLUS = "weights/realesrgan-x4plus.fp16.safetensors"
 ANIME = "weights/realesrgan-x4plus-anime-6b.fp16.safetensors"
@@ -68,7 +67,7 @@ def test_untiled_output_equals_an_independent_reference(shared: Path, x4plus: Up
     with torch.inference_mode():
         ref = reference_rrdbnet(sd, torch.from_numpy(raw.transpose(2, 0, 1).copy())[None])
     ref = ref.clamp(0, 1)[0].permute(1, 2, 0).numpy()
-    ours, calls = upscale_array(read_image(src).rgb, x4plus, 4, 0, 0, np.float32)
+    ours, calls = run_upscaler(x4plus, read_image(src).rgb, 0, 0, np.float32)
     assert calls == 1
     measured = psnr(ours, ref)
     print(f"\n[must-show 1] untiled fp32 vs independent reference, {src.name}: {measured:.2f} dB")
@@ -95,12 +94,12 @@ def test_tile_64_with_default_overlap_matches_untiled(
     At --tile 64 these images' trunk runs whole and only the tail is tiled, which is exact; the trunk tiled at 64
     too (what larger images get) is checked against 45 dB."""
     rgb = read_image(lr_image(shared, name)).rgb
-    whole, _ = upscale_array(rgb, x4plus, 4, 0, 0, np.uint8)
-    staged, calls = upscale_array(rgb, x4plus, 4, 64, DEFAULT_OVERLAP, np.uint8)
+    whole, _ = run_upscaler(x4plus, rgb, 0, 0, np.uint8)
+    staged, calls = run_upscaler(x4plus, rgb, 64, DEFAULT_OVERLAP, np.uint8)
     # Exact up to float rounding, which may differ between conv sizes on other hardware.
     assert calls == 1 and np.abs(staged.astype(int) - whole).max() <= 1
     monkeypatch.setattr(x4plus, "tile_sizes", lambda *args: (64, 64))
-    tiled, calls = upscale_array(rgb, x4plus, 4, 64, DEFAULT_OVERLAP, np.uint8)
+    tiled, calls = run_upscaler(x4plus, rgb, 64, DEFAULT_OVERLAP, np.uint8)
     assert calls == 4
     measured = psnr(tiled, whole, peak=255)
     print(f"\n[must-show 2] trunk tiles of 64, overlap {DEFAULT_OVERLAP}, {name} (8-bit outputs): {measured:.2f} dB")
@@ -111,9 +110,9 @@ def test_legacy_files_give_the_same_image(shared: Path) -> None:
     """Must show 3: each legacy layout upscales to the same image as the safetensors file (at least 50 dB)."""
     rgb = read_image(lr_image(shared, "bird")).rgb
     placement = choose_placement("cpu", "fp32")
-    ref, _ = upscale_array(rgb, Upscaler(load_weights(shared / ANIME), placement), 4, 0, 0, np.float32)
+    ref, _ = run_upscaler(Upscaler(load_weights(shared / ANIME), placement), rgb, 0, 0, np.float32)
     for path in sorted((shared / "weights/legacy").glob("*.pth")):
-        out, _ = upscale_array(rgb, Upscaler(load_weights(path), placement), 4, 0, 0, np.float32)
+        out, _ = run_upscaler(Upscaler(load_weights(path), placement), rgb, 0, 0, np.float32)
         measured = psnr(out, ref)
         print(f"\n[must-show 3] {path.name} vs safetensors: {measured:.2f} dB")
         assert measured >= 50, path.name

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from esrgan_cli.arch import TAIL_REACH, RRDBConfig
-from esrgan_cli.engine import Placement, Upscaler, tail_bytes_per_pixel, trunk_bytes_per_pixel
+from esrgan_cli.device import Placement, tail_bytes_per_pixel, trunk_bytes_per_pixel
+from esrgan_cli.engine import Upscaler
 from esrgan_cli.tiling import Region, plan_staged
 from esrgan_cli.weights import LoadedWeights
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from esrgan_cli.tiling import Region, TileTooLarge, plan_tiles, run_tiled, split_evenly
+from esrgan_cli.errors import OutOfMemoryError
+from esrgan_cli.tiling import ENSEMBLE, Region, TileTooLarge, plan_tiles, run_tiled, split_evenly
 
 from conftest import random_image
 
@@ -95,18 +96,38 @@ def test_too_large_tiles_are_halved_and_still_exact() -> None:
     assert np.array_equal(tiled, whole)
 
 
-def test_halving_stops_at_the_minimum_tile() -> None:
+def test_halving_stops_at_the_minimum_tile_with_a_one_line_error() -> None:
+    sizes: list[int] = []
+
     def never(x: np.ndarray) -> np.ndarray:
+        sizes.append(max(x.shape[:2]))
         raise TileTooLarge
 
-    with pytest.raises(TileTooLarge):
+    with pytest.raises(OutOfMemoryError) as caught:
         run_tiled(random_image(64, 64), never, 2, np.zeros((128, 128, 3), np.float32), tile=64, overlap=4)
+    assert "\n" not in str(caught.value) and "16-pixel tiles" in str(caught.value)
+    assert sizes[0] == 64 and min(sizes) == 16 + 4  # halved 64 → 32 → 16 (a corner tile: context on one side)
+
+
+def test_transforms_map_regions_like_the_arrays() -> None:
+    h, w = 7, 11
+    region = Region(1, 2, 4, 9)
+    mask = np.zeros((h, w), bool)
+    mask[region.slices()] = True
+    for t in ENSEMBLE:
+        turned = t.apply(mask)
+        expected = np.zeros_like(turned)
+        expected[t.region(region, h, w).slices()] = True
+        assert np.array_equal(turned, expected), t
+        assert np.array_equal(t.invert(turned), mask)
+    assert len({(t.turns, t.flip) for t in ENSEMBLE}) == 8
 
 
 def test_progress_counts_every_input_pixel_once() -> None:
     done: list[int] = []
     image = random_image(33, 47)
-    run_tiled(image, box_model(1, 2), 2, np.zeros((66, 94, 3), np.uint8), 16, 2, on_progress=done.append)
+    run_tiled(image, box_model(1, 2), 2, np.zeros((66, 94, 3), np.uint8), tile=16, overlap=2,
+              on_progress=done.append)
     assert sum(done) == 33 * 47
 
 

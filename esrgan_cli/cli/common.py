@@ -1,0 +1,74 @@
+"""What every command shares: the one-line message format, option types, and the progress bar on stderr."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+
+def say(message: str) -> None:
+    click.echo(f"esrgan: {message}", err=True)
+
+
+class TileParam(click.ParamType):
+    name = "auto|N"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int | None:
+        if value is None or (isinstance(value, str) and value.lower() == "auto"):
+            return None
+        try:
+            n = int(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not 'auto' or a whole number", param, ctx)
+        if n != 0 and n < 16:
+            self.fail(f"{n} is too small: use 0 (whole image), auto, or at least 16", param, ctx)
+        return n
+
+
+class ProgressBar:
+    """A rich progress bar over input pixels (or files) on stderr; nothing when quiet or not a terminal."""
+
+    def __init__(self, quiet: bool, label: str, files: int | None = None) -> None:
+        self.enabled = not quiet and sys.stderr.isatty()
+        self.label = label
+        self.files = files  # a count of files, or None for a bar over pixels
+        self.bar: Any = None
+        self.task: Any = None
+
+    def __enter__(self) -> Any:
+        if not self.enabled:
+            return None
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TaskProgressColumn,
+            TextColumn,
+            TimeRemainingColumn,
+        )
+
+        count = MofNCompleteColumn() if self.files is not None else TaskProgressColumn()
+        self.bar = Progress(
+            TextColumn("{task.description}"), BarColumn(), count, TimeRemainingColumn(),
+            console=Console(stderr=True), transient=True,
+        )
+        self.bar.start()
+        self.task = self.bar.add_task(self.label, total=self.files)
+        return self.advance
+
+    def say(self, message: str) -> None:
+        """A message that does not tear the live bar."""
+        if self.bar is not None:
+            self.bar.console.print(f"esrgan: {message}", markup=False, highlight=False)
+        else:
+            say(message)
+
+    def advance(self, n: int, total: int) -> None:
+        self.bar.update(self.task, advance=n, total=total)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.stop()

@@ -1,0 +1,215 @@
+"""`esrgan upscale`: one file into -o FILE, or a batch into the folder -o OUTDIR."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, cast
+
+import click
+
+from esrgan_cli.cli.common import ProgressBar, TileParam, say
+from esrgan_cli.defaults import DEFAULT_MAX_OUTPUT_PIXELS, DEFAULT_OVERLAP, DEFAULT_QUALITY, IMAGE_SUFFIXES
+from esrgan_cli.errors import EsrganError
+
+if TYPE_CHECKING:
+    from esrgan_cli.batch import BatchOptions
+    from esrgan_cli.device import Precision
+    from esrgan_cli.engine import Upscaler
+    from esrgan_cli.pipeline import AlphaMode, UpscaleOptions
+
+
+def register(group: click.Group) -> None:
+    group.add_command(upscale)
+
+
+@click.command()
+@click.argument("paths", metavar="PATH...", nargs=-1, required=True)
+@click.option("-o", "--output", "output_path", required=True, type=click.Path(path_type=Path),
+              help="Output file (its extension picks the format: png, jpg, webp, tiff, bmp), or the output folder "
+                   "when there are several inputs, a folder, or a glob.")
+@click.option("-m", "--model", default=None, metavar="M",
+              help="Registry name, local .safetensors/.pth/.pt/.ckpt file, or hf:OWNER/REPO/FILE[@REV]. "
+                   "Default: the registry's default model.")
+@click.option("--tile", type=TileParam(), default="auto", show_default=True,
+              help="Tile size in input pixels for the memory-hungry upsampling; the trunk gets tiles as large as "
+                   "the same memory allows (often the whole image: exact output). 0: whole image at once; auto: "
+                   "fit the memory budget.")
+@click.option("--overlap", type=click.IntRange(min=0), default=DEFAULT_OVERLAP, show_default=True,
+              help="Input pixels of context around each trunk tile (what makes tiles seam-free).")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "fp16", "bf16"]), default="auto",
+              show_default=True, help="auto: fp16 on CUDA, fp32 elsewhere. The CPU always runs fp32.")
+@click.option("--outscale", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Final scale (e.g. 2 or 3.5 with a x4 model): the model's output resized with Lanczos.")
+@click.option("--quality", type=click.IntRange(1, 100), default=DEFAULT_QUALITY, show_default=True,
+              help="JPEG/WebP quality.")
+@click.option("--alpha", "alpha_mode", type=click.Choice(["resize", "model"]), default="resize",
+              show_default=True, help="Transparency: resized, or upscaled by the model too.")
+@click.option("--tta", is_flag=True, help="8-fold self-ensemble (flips and rotations): slightly better, ~8x slower.")
+@click.option("--max-output-pixels", type=click.IntRange(min=0), default=DEFAULT_MAX_OUTPUT_PIXELS,
+              show_default=True, help="Refuse outputs larger than this (0: no limit).")
+@click.option("-r", "--recursive", is_flag=True, help="Batch: walk subfolders and mirror the tree under the output.")
+@click.option("--format", "out_format", type=click.Choice(["png", "jpg", "webp", "tiff"]), default=None,
+              help="Batch: output format (default: keep each input's).")
+@click.option("--suffix", default="", metavar="TEXT", help="Batch: added to each output's name, e.g. _x4.")
+@click.option("--overwrite", is_flag=True, help="Batch: redo outputs that the journal says are done.")
+@click.option("--report", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Batch: write a JSON report of done, skipped and failed files.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary; errors still go to stderr.")
+def upscale(
+    paths: tuple[str, ...], output_path: Path, model: str | None, tile: int | None, overlap: int, device: str,
+    precision: str, outscale: float | None, quality: int, alpha_mode: str, tta: bool, max_output_pixels: int,
+    recursive: bool, out_format: str | None, suffix: str, overwrite: bool, report: Path | None, quiet: bool,
+) -> None:
+    """Upscale images: one file into -o FILE, or many into the folder -o OUTDIR.
+
+    Batch runs keep a journal in OUTDIR: a rerun skips outputs that are done and
+    still valid (same input, model and options), so an interrupted batch resumes.
+    A file that fails is reported and the batch goes on; the exit code is 1 if
+    any failed.
+
+    \b
+    Examples:
+      esrgan upscale photo.jpg -o photo_x4.png
+      esrgan upscale huge.png -o out.png --tile 256 --device cuda
+      esrgan upscale logo.png -o logo_x2.webp --outscale 2 --quality 90
+      esrgan upscale scans/ -o big/ --recursive --format png --report report.json
+      esrgan upscale 'shots/*.jpg' extra.png -o out/ --suffix _x4
+    """
+    from esrgan_cli.batch import BatchOptions
+    from esrgan_cli.pipeline import UpscaleOptions
+
+    options = UpscaleOptions(tile=tile, overlap=overlap, outscale=outscale, alpha=cast("AlphaMode", alpha_mode),
+                             max_output_pixels=max_output_pixels, tta=tta)
+    single = _is_single(paths, output_path)
+    run = Run(model=model, device=device, precision=cast("Precision", precision), options=options,
+              quality=quality, quiet=quiet)
+    if single:
+        _upscale_one(Path(paths[0]), output_path, run)
+    else:
+        batch = BatchOptions(recursive=recursive, format=out_format, suffix=suffix, overwrite=overwrite,
+                             report=report)
+        _upscale_many(paths, output_path, run, batch)
+
+
+def _is_single(paths: tuple[str, ...], output: Path) -> bool:
+    """One file into -o FILE, or a batch into the folder -o OUTDIR; a mix-up is a usage error."""
+    import glob
+
+    many = len(paths) > 1 or glob.has_magic(paths[0]) or Path(paths[0]).is_dir()
+    # os.path never raises (Path.is_dir does on a name too long for the file system).
+    into_folder = os.path.isdir(output) or str(output).endswith(("/", "\\")) or not output.suffix
+    if into_folder:
+        return False
+    if many:
+        raise click.BadParameter(
+            f"with several inputs, a folder or a glob, -o names an output folder, not a file like {output.name!r}",
+            param_hint="'-o'",
+        )
+    if output.suffix.lower() not in IMAGE_SUFFIXES:
+        raise click.BadParameter(
+            f"unknown extension {output.suffix!r} (use {', '.join(s[1:] for s in IMAGE_SUFFIXES)}, "
+            "or a folder)",
+            param_hint="'-o'",
+        )
+    return True
+
+
+@dataclass(frozen=True)
+class Run:
+    """The options every upscale shares, single file or batch."""
+
+    model: str | None
+    device: str
+    precision: Precision
+    options: UpscaleOptions
+    quality: int
+    quiet: bool
+
+
+def _load_upscaler(run: Run) -> tuple[Upscaler, str]:
+    """The model on its device, and the name it goes by in messages."""
+    from esrgan_cli.api import load_model
+    from esrgan_cli.registry import load_registry
+
+    source = run.model or load_registry().default
+    upscaler = load_model(source, run.device, run.precision)
+    if upscaler.placement.note and not run.quiet:
+        say(f"note: {upscaler.placement.note}")
+    return upscaler, source
+
+
+def _upscale_one(input_path: Path, output_path: Path, run: Run) -> None:
+    from esrgan_cli.atomic import check_output
+    from esrgan_cli.imageio import output_format, read_image, write_image
+    from esrgan_cli.pipeline import upscale_image
+
+    check_output(input_path, output_path)
+    fmt = output_format(output_path)
+    image = read_image(input_path)
+    upscaler, source = _load_upscaler(run)
+    with ProgressBar(run.quiet, f"{input_path.name}") as advance:
+        result = upscale_image(image, upscaler, fmt, run.options, advance)
+    notes = list(result.notes)
+    write_image(result.image, output_path, fmt, image, run.quality, notes)
+    if not run.quiet:
+        for note in notes:
+            say(f"note: {note}")
+        w, h = result.image.size
+        tiles = "whole image" if result.model_calls == 1 else f"{result.model_calls} tiles"
+        retried = f", {result.fp32_retries} tiles recomputed in fp32" if result.fp32_retries else ""
+        placement = upscaler.placement
+        say(
+            f"wrote {output_path} ({w}×{h}, model {source}, {placement.device.type} "
+            f"{str(placement.dtype).removeprefix('torch.')}, {tiles}{retried}, {result.seconds:.1f} s)"
+        )
+
+
+def _upscale_many(paths: tuple[str, ...], outdir: Path, run: Run, batch: BatchOptions) -> None:
+    import dataclasses
+    import time
+
+    from esrgan_cli.batch import Journal, Outcome, collect_jobs, pixel_options, plan_batch, run_batch, write_report
+    from esrgan_cli.hashing import sha256_of
+    from esrgan_cli.pipeline import batch_stages
+
+    if outdir.exists() and not outdir.is_dir():
+        raise EsrganError(f"{outdir}: not a folder (with several inputs, -o names the output folder)")
+    jobs, ignored = collect_jobs(paths, outdir, batch.recursive, batch.format, batch.suffix)
+    outdir.mkdir(parents=True, exist_ok=True)
+    upscaler, source = _load_upscaler(run)
+    model_sha = sha256_of(upscaler.weights.path)
+    pixels = pixel_options(dataclasses.asdict(run.options), run.quality,
+                           str(upscaler.placement.dtype).removeprefix("torch."))
+    journal = Journal(outdir)
+    plan = plan_batch(jobs, ignored, batch, journal, model_sha, pixels)
+    if not run.quiet and (plan.skipped or plan.ignored):
+        say(f"{len(plan.skipped)} already done (journal in {outdir}), {plan.ignored} non-image files ignored")
+    stages = batch_stages(upscaler, run.options, run.quality, journal, model_sha, pixels)
+
+    start = time.perf_counter()
+    todo = plan.todo
+    progress = ProgressBar(run.quiet, "images", files=len(todo))
+    with progress as advance:
+
+        def on_done(outcome: Outcome) -> None:
+            if outcome.error:
+                progress.say(f"failed: {outcome.error}")
+            if advance:
+                advance(1, len(todo))
+
+        stages.on_done = on_done
+        outcomes = run_batch(todo, stages)
+    seconds = time.perf_counter() - start
+    failed = [o for o in outcomes if o.error]
+    done = len(outcomes) - len(failed)
+    mpx = sum(o.megapixels for o in outcomes if not o.error)
+    if batch.report is not None:
+        write_report(batch.report, plan, outcomes, source, model_sha, seconds)
+    if not run.quiet or failed:
+        say(f"done {done}, skipped {len(plan.skipped)}, failed {len(failed)} in {seconds:.1f} s "
+            f"({mpx / seconds if seconds > 0 else 0:.3f} input Mpx/s)")
+    if failed:
+        raise SystemExit(1)
