@@ -114,4 +114,7 @@ def test_the_wheel_ships_the_bundled_models(tmp_path: Path) -> None:
     shipped = {f"esrgan_cli/bundled/{e.source.path.name}" for e in registry.models.values()
                if isinstance(e.source, BundledFile)}
     assert shipped and shipped <= names
-    assert {"esrgan_cli/bundled/registry.json", "esrgan_cli/bundled/README.md"} <= names
+    assert {"esrgan_cli/bundled/registry.json", "esrgan_cli/bundled/README.md", "esrgan_cli/py.typed"} <= names
+    # Every module of every subpackage ships: a package left out of pyproject.toml breaks only installed copies.
+    sources = {p.relative_to(ROOT).as_posix() for p in (ROOT / "esrgan_cli").rglob("*.py")}
+    assert sources <= names, sorted(sources - names)
