@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -14,7 +15,14 @@ from safetensors.torch import load_file, safe_open, save_file
 
 from esrgan_cli.arch import RRDBConfig, RRDBNet
 from esrgan_cli.atomic import atomic_write
-from esrgan_cli.checkpoint import StateDict, canonicalize, describe
+from esrgan_cli.checkpoint import (
+    StateDict,
+    canonical_state_dict,
+    check_matches,
+    check_scale_hint,
+    describe,
+    resolve_config,
+)
 from esrgan_cli.errors import WeightsError
 from esrgan_cli.hashing import sha256_of
 
@@ -30,25 +38,49 @@ class LoadedWeights:
     metadata: dict[str, str]
     path: Path
     source_dtype: torch.dtype  # what the file stored (weights are widened to fp32 on load)
+    # Where the file's own description of itself was set aside, one line each (`info` shows them).
+    notes: tuple[str, ...] = field(default=())
 
 
-def _config_from_metadata(meta: dict[str, str]) -> RRDBConfig | None:
-    """Our own files carry `esrgan.config`; BasicSR-style exports carry loose fields."""
+_CONFIG_FIELDS = {f.name for f in fields(RRDBConfig)}
+# BasicSR-style exports: metadata key → RRDBConfig field. Only the keys present are claimed.
+_LOOSE_FIELDS = {
+    "num_in_ch": "in_channels", "num_out_ch": "out_channels", "num_feat": "num_feat", "num_block": "num_block",
+    "num_grow_ch": "num_grow", "scale": "scale",
+}
+
+
+def _claims_from_metadata(meta: dict[str, str]) -> tuple[dict[str, object], list[str]]:
+    """What the metadata says about the architecture, field by field, and notes on what could not be read.
+
+    Our own files carry `esrgan.config` (JSON); BasicSR-style exports carry loose fields. The tensors decide in the
+    end (`resolve_config`): the metadata only picks between readings the shapes allow."""
+    claims: dict[str, object] = {}
     try:
         if META_CONFIG in meta:
-            return RRDBConfig.from_json(meta[META_CONFIG])
-        if meta.get("arch") == "RRDBNet" and "num_block" in meta:
-            return RRDBConfig(
-                num_feat=int(meta.get("num_feat", 64)),
-                num_block=int(meta["num_block"]),
-                num_grow=int(meta.get("num_grow_ch", 32)),
-                scale=int(meta.get("scale", 4)),
-                in_channels=int(meta.get("num_in_ch", 3)),
-                out_channels=int(meta.get("num_out_ch", 3)),
-            )
-    except (ValueError, TypeError, json.JSONDecodeError) as e:
-        raise WeightsError(f"unreadable architecture in the file's metadata: {e}") from None
-    return None
+            raw = json.loads(meta[META_CONFIG])
+            if not isinstance(raw, dict):
+                raise ValueError(f"{META_CONFIG} is not a JSON object")
+            for key, value in raw.items():
+                if key == "unshuffle" and value == 0:
+                    continue  # "BasicSR's default for the scale": nothing claimed
+                if key in _CONFIG_FIELDS and not isinstance(value, (int, bool)):
+                    raise ValueError(f"{key} is {value!r}")
+                claims[key] = value
+        elif meta.get("arch") == "RRDBNet":
+            claims = {field: int(meta[key]) for key, field in _LOOSE_FIELDS.items() if key in meta}
+    except (ValueError, TypeError) as e:
+        return {}, [f"metadata's architecture is unreadable ({_first_line(e)[:80]}): using the tensors"]
+    return claims, []
+
+
+_NAME_SCALE = re.compile(r"(?<![a-z0-9])(?:(\d+)x|x(\d+))(?![a-z0-9])")
+
+
+def _scale_from_name(path: Path) -> int | None:
+    """The scale a community file name states (`3x_Name.pth`, `name_x3.pth`), if exactly one."""
+    found = {int(a or b) for a, b in _NAME_SCALE.findall(path.stem.lower())}
+    return found.pop() if len(found) == 1 else None
 
 
 def _load_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -88,14 +120,20 @@ def load_weights(path: Path) -> LoadedWeights:
     with open(path, "rb") as f:
         head = f.read(8)
     meta: dict[str, str] = {}
+    obj: object
     if path.suffix == ".safetensors" or (path.suffix not in PICKLE_SUFFIXES and not _looks_like_pickle(head)):
         obj, meta = _load_safetensors(path)
     else:
         obj = _load_pickle(path)
-    sd, config = canonicalize(obj, _config_from_metadata(meta))
+    sd = canonical_state_dict(obj)
+    claims, notes = _claims_from_metadata(meta)
+    config, disagreements = resolve_config(sd, claims, "metadata")
+    if "scale" not in claims:
+        check_scale_hint(config, _scale_from_name(path), f"the file name {path.name!r}")
+    check_matches(sd, config)
     source_dtype = sd["conv_first.weight"].dtype
     sd = {k: v.to(torch.float32) for k, v in sd.items()}
-    return LoadedWeights(sd, config, meta, path, source_dtype)
+    return LoadedWeights(sd, config, meta, path, source_dtype, tuple(notes + disagreements))
 
 
 def _looks_like_pickle(head: bytes) -> bool:
@@ -124,12 +162,15 @@ def save_safetensors(
 def describe_weights(weights: LoadedWeights, source: str) -> dict[str, object]:
     """Everything `esrgan info` shows, as plain data."""
     c = weights.config
+    notes = list(weights.notes)
     return {
         "source": source,
         "path": str(weights.path),
         "architecture": "RRDBNet",
-        "description": describe(c),
-        "config": json.loads(c.to_json()),
+        "variant": "ESRGAN+" if c.plus else "ESRGAN",
+        # Notes ride along in the description too, which the text output already prints.
+        "description": "; ".join([describe(c), *notes]),
+        "config": c.to_dict(),
         "scale": c.scale,
         "parameters": sum(v.numel() for v in weights.state_dict.values()),
         "dtype": str(weights.source_dtype).removeprefix("torch."),
@@ -137,4 +178,5 @@ def describe_weights(weights: LoadedWeights, source: str) -> dict[str, object]:
         "sha256": sha256_of(weights.path),
         "size_bytes": weights.path.stat().st_size,
         "metadata": weights.metadata,
+        "notes": notes,
     }

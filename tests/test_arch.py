@@ -38,15 +38,19 @@ def test_paper_model_size_and_cost() -> None:
     assert config.macs_per_input_pixel() == 17_926_848
 
 
-def test_mac_count_matches_conv_arithmetic() -> None:
-    config = RRDBConfig(num_feat=8, num_block=2, num_grow=4, scale=2)
+@pytest.mark.parametrize("config", [
+    RRDBConfig(num_feat=8, num_block=2, num_grow=4, scale=2),
+    RRDBConfig(num_feat=8, num_block=1, num_grow=4, scale=16),
+    RRDBConfig(num_feat=8, num_block=2, num_grow=4, scale=4, plus=True),
+], ids=str)
+def test_mac_count_matches_conv_arithmetic(config: RRDBConfig) -> None:
     model = RRDBNet(config)
     h = w = 8
     total = 0
 
     def hook(mod: torch.nn.Conv2d, inp: tuple[torch.Tensor], out: torch.Tensor) -> None:
         nonlocal total
-        total += out.numel() * mod.in_channels * 9
+        total += out.numel() * mod.in_channels * mod.weight[0, 0].numel()
 
     for m in model.modules():
         if isinstance(m, torch.nn.Conv2d):
@@ -56,7 +60,7 @@ def test_mac_count_matches_conv_arithmetic() -> None:
     assert total == config.macs_per_input_pixel() * h * w
 
 
-@pytest.mark.parametrize("scale,unshuffle", [(3, 0), (4, 3), (16, 1)])
+@pytest.mark.parametrize("scale,unshuffle", [(3, 0), (4, 3), (32, 1), (16, 2)])
 def test_unsupported_scales_are_refused(scale: int, unshuffle: int) -> None:
     with pytest.raises(ValueError):
         RRDBConfig(scale=scale, unshuffle=unshuffle)
