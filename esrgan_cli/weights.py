@@ -23,7 +23,7 @@ from esrgan_cli.checkpoint import (
     describe,
     resolve_config,
 )
-from esrgan_cli.errors import WeightsError
+from esrgan_cli.errors import WeightsError, first_line
 from esrgan_cli.hashing import sha256_of
 
 PICKLE_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin")
@@ -70,7 +70,7 @@ def _claims_from_metadata(meta: dict[str, str]) -> tuple[dict[str, object], list
         elif meta.get("arch") == "RRDBNet":
             claims = {field: int(meta[key]) for key, field in _LOOSE_FIELDS.items() if key in meta}
     except (ValueError, TypeError) as e:
-        return {}, [f"metadata's architecture is unreadable ({_first_line(e)[:80]}): using the tensors"]
+        return {}, [f"metadata's architecture is unreadable ({first_line(e, 80)}): using the tensors"]
     return claims, []
 
 
@@ -89,7 +89,7 @@ def _load_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, st
             meta = dict(f.metadata() or {})
         return load_file(str(path)), meta
     except (SafetensorError, OSError, ValueError) as e:
-        raise WeightsError(f"{path}: not a readable safetensors file ({_first_line(e)})") from None
+        raise WeightsError(f"{path}: not a readable safetensors file ({first_line(e)})") from None
 
 
 def _load_pickle(path: Path) -> object:
@@ -100,16 +100,11 @@ def _load_pickle(path: Path) -> object:
     except pickle.UnpicklingError as e:
         raise WeightsError(
             f"{path}: refused to load: the file holds Python objects beyond tensors, which could run code "
-            f"({_first_line(e).removeprefix('Weights only load failed. ')[:120]}); "
+            f"({first_line(e, 300).removeprefix('Weights only load failed. ')[:120]}); "
             "convert it on a trusted machine to safetensors"
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as e:
-        raise WeightsError(f"{path}: not a readable PyTorch checkpoint ({_first_line(e)[:160]})") from None
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__
+        raise WeightsError(f"{path}: not a readable PyTorch checkpoint ({first_line(e, 160)})") from None
 
 
 def load_weights(path: Path) -> LoadedWeights:

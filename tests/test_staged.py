@@ -113,3 +113,42 @@ def test_fp16_overflow_in_a_block_is_redone_in_fp32() -> None:
     half.upscale_into(image, canvas, 0, 0)
     assert half.fp32_retries == 1
     assert np.array_equal(canvas, full(image))
+
+
+def test_x16_models_run_staged_with_exact_tail_tiles() -> None:
+    up = upscaler(RRDBConfig(num_feat=8, num_block=1, num_grow=4, scale=16))
+    image = random_image(13, 11, seed=4)
+    whole = reference(up, image)
+    assert whole.shape == (208, 176, 3)
+    canvas = np.zeros_like(whole)
+    assert up.upscale_into(image, canvas, 0, 0) == 1
+    assert np.abs(canvas - whole).max() < 1e-5
+    tiled = np.zeros_like(whole)
+    up.upscale_into(image, tiled, 16, 0)  # tail tiles of 16 input pixels: 256 output pixels a side
+    assert np.abs(tiled - whole).max() < 1e-5
+
+
+def test_rgba_models_carry_alpha_through_the_model() -> None:
+    """A 4-channel model sees colour and alpha together; the alpha it returns is the image's new alpha."""
+    import esrgan_cli
+
+    model = tiny_model(RRDBConfig(in_channels=4, out_channels=4, num_feat=8, num_block=1, num_grow=4))
+    up = esrgan_cli.load_model(model.state_dict(), device="cpu")
+    assert up.channels == 4
+    rgba = np.concatenate([random_image(10, 9, seed=1), random_image(10, 9, seed=2)[..., :1]], axis=2)
+    with torch.inference_mode():
+        expected = model(torch.from_numpy(rgba.transpose(2, 0, 1).copy())[None]).clamp(0, 1)[0]
+    expected = expected.permute(1, 2, 0).numpy()
+    out = up.upscale(rgba)
+    assert out.shape == (40, 36, 4) and np.abs(out - expected).max() < 1e-5
+    # An opaque image goes in with an opaque alpha plane, and comes out without one.
+    opaque = rgba[..., :3]
+    with torch.inference_mode():
+        x = torch.from_numpy(np.concatenate([opaque, np.ones_like(opaque[..., :1])], axis=2).transpose(2, 0, 1).copy())
+        colour = model(x[None]).clamp(0, 1)[0, :3].permute(1, 2, 0).numpy()
+    out3 = up.upscale(opaque)
+    assert out3.shape == (40, 36, 3) and np.abs(out3 - colour).max() < 1e-5
+    from PIL import Image
+
+    pil = up.upscale(Image.fromarray(np.rint(rgba * 255).astype(np.uint8), mode="RGBA"))
+    assert pil.mode == "RGBA" and pil.size == (36, 40)
