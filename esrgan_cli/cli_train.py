@@ -102,8 +102,8 @@ def train(ctx: click.Context, stage: str, data: Path | None, run_dir: Path, val:
 
     from esrgan_cli.arch import RRDBConfig
     from esrgan_cli.engine import choose_placement
-    from esrgan_cli.train import Distributed, Trainer, init_distributed, stored_config
-    from esrgan_cli.trainconfig import TrainConfig
+    from esrgan_cli.training.config import TrainConfig
+    from esrgan_cli.training.trainer import Distributed, Trainer, init_distributed, stored_config
 
     placement = choose_placement(device, "fp32")
     dist_ctx = Distributed.from_env()

@@ -20,10 +20,10 @@ from test_cli import assert_one_line_error, esrgan
 from torch.utils.data import DataLoader
 
 from esrgan_cli.arch import RRDBConfig
-from esrgan_cli.data import ImageSet, IterationSampler, PatchPairs, augment
 from esrgan_cli.resize import imresize
-from esrgan_cli.train import Trainer
-from esrgan_cli.trainconfig import TrainConfig
+from esrgan_cli.training.config import TrainConfig
+from esrgan_cli.training.data import ImageSet, IterationSampler, PatchPairs, augment
+from esrgan_cli.training.trainer import Trainer
 from esrgan_cli.weights import load_weights
 
 from conftest import ROOT, random_image

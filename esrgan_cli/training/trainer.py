@@ -26,13 +26,13 @@ from torch.utils.data import DataLoader
 
 from esrgan_cli.arch import INIT_SCHEMES, RRDBNet
 from esrgan_cli.atomic import atomic_write
-from esrgan_cli.data import ImageSet, IterationSampler, PatchPairs
-from esrgan_cli.discriminator import VGGDiscriminator
 from esrgan_cli.engine import Placement, Upscaler
 from esrgan_cli.errors import EsrganError
 from esrgan_cli.evaluate import pair_images, score_pairs, summarize, with_upscaler
-from esrgan_cli.perceptual import PerceptualConfig, VGGFeatures, build_vgg, load_vgg_weights, perceptual_loss
-from esrgan_cli.trainconfig import TrainConfig
+from esrgan_cli.training.config import TrainConfig
+from esrgan_cli.training.data import ImageSet, IterationSampler, PatchPairs
+from esrgan_cli.training.discriminator import VGGDiscriminator
+from esrgan_cli.training.perceptual import PerceptualConfig, VGGFeatures, build_vgg, load_vgg_weights, perceptual_loss
 from esrgan_cli.weights import LoadedWeights, load_weights, save_safetensors
 
 STATE_FILE = "state.pt"
@@ -146,8 +146,8 @@ class Trainer:
             torch.manual_seed(c.seed)
             return VGGFeatures(PerceptualConfig(layer, self._convention(None)))
         if c.perceptual_weights == "hub":
-            from esrgan_cli.perceptual import VGG19_HUB
             from esrgan_cli.registry import fetch
+            from esrgan_cli.training.perceptual import VGG19_HUB
 
             path = fetch(VGG19_HUB, "the VGG19 weights for the perceptual loss",
                          offline_hint="give --perceptual-weights PATH (a VGG19 file with torchvision key names)")
