@@ -117,7 +117,8 @@ def score_pairs(pairs: list[EvalPair], upscale: Upscale, scale: int) -> Iterator
 def with_upscaler(upscaler: Upscaler, tile: int | None = None, overlap: int = DEFAULT_OVERLAP) -> Upscale:
     """A model on its device as an 8-bit image upscaler; `tile` None picks whole images or tiles per memory budget."""
     def run(lr: np.ndarray) -> np.ndarray:
-        canvas, _ = upscale_array(lr.astype(np.float32) / 255.0, upscaler, upscaler.scale, tile, overlap, np.uint8,
+        canvas, _ = upscale_array(lr.astype(np.float32) / 255.0, upscaler, upscaler.scale, tile, overlap,
+                                  np.dtype(np.uint8),
                                   upscaler.align)
         return canvas
 

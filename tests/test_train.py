@@ -23,7 +23,7 @@ from esrgan_cli.arch import RRDBConfig
 from esrgan_cli.resize import imresize
 from esrgan_cli.training.config import TrainConfig
 from esrgan_cli.training.data import ImageSet, IterationSampler, PatchPairs, augment
-from esrgan_cli.training.trainer import Trainer
+from esrgan_cli.training.build import build_trainer
 from esrgan_cli.weights import load_weights
 
 from conftest import ROOT, random_image
@@ -135,7 +135,7 @@ def test_psnr_stage_learns_and_writes_its_files(tmp_path: Path, images: Path) ->
     # From the paper's random start, so the loss has far to fall (the interpolating start begins near the floor
     # these random images allow; the BSD200 test below covers it).
     config = replace(_config(images, iters=60, lr=2e-3, val=str(val), val_every=30, save_every=30), weight_init="paper")
-    trainer = Trainer(config, run, torch.device("cpu"), report=reports.append)
+    trainer = build_trainer(config, run, torch.device("cpu"), report=reports.append)
     assert trainer.run()
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     losses = [e["loss"] for e in log if "loss" in e]
@@ -155,12 +155,12 @@ def test_psnr_stage_learns_and_writes_its_files(tmp_path: Path, images: Path) ->
 
 def test_an_interrupted_run_resumes_bit_for_bit(tmp_path: Path, images: Path) -> None:
     config = _config(images, iters=20, save_every=20)
-    straight = Trainer(config, tmp_path / "a", torch.device("cpu"))
+    straight = build_trainer(config, tmp_path / "a", torch.device("cpu"))
     straight.run()
-    first = Trainer(config, tmp_path / "b", torch.device("cpu"))
+    first = build_trainer(config, tmp_path / "b", torch.device("cpu"))
     assert first.run(should_stop=lambda: first.iteration >= 9) is False
     assert first.iteration == 9
-    second = Trainer(config, tmp_path / "b", torch.device("cpu"), resume=True)
+    second = build_trainer(config, tmp_path / "b", torch.device("cpu"), resume=True)
     assert second.iteration == 9
     assert second.run()
     assert _same(tmp_path / "a" / "model_20.safetensors", tmp_path / "b" / "model_20.safetensors")
@@ -174,12 +174,12 @@ def test_an_interrupted_run_resumes_bit_for_bit(tmp_path: Path, images: Path) ->
 
 
 def test_gan_stage_from_a_psnr_model(tmp_path: Path, images: Path) -> None:
-    Trainer(_config(images, iters=4, save_every=4), tmp_path / "psnr", torch.device("cpu")).run()
+    build_trainer(_config(images, iters=4, save_every=4), tmp_path / "psnr", torch.device("cpu")).run()
     init = tmp_path / "psnr" / "model_4.safetensors"
     reports = []
     gan = _config(images, stage="gan", iters=6, lr=0.0, init=str(init), perceptual_weights="random",
                   perceptual_layer="conv2_2", save_every=3, log_every=3)
-    trainer = Trainer(gan, tmp_path / "gan", torch.device("cpu"), report=reports.append)
+    trainer = build_trainer(gan, tmp_path / "gan", torch.device("cpu"), report=reports.append)
     start = {k: v.clone() for k, v in trainer.discriminator.state_dict().items()}
     assert trainer.run()
     assert any(r.kind == "warn" and "RANDOM VGG19" in r.message for r in reports)
@@ -194,10 +194,10 @@ def test_gan_stage_from_a_psnr_model(tmp_path: Path, images: Path) -> None:
 
 def test_relativistic_losses_send_gradients_where_they_belong(tmp_path: Path, images: Path) -> None:
     """G's step must leave D's weights alone; D's step must not reach G (the fake is detached)."""
-    Trainer(_config(images, iters=2, save_every=2), tmp_path / "psnr", torch.device("cpu")).run()
+    build_trainer(_config(images, iters=2, save_every=2), tmp_path / "psnr", torch.device("cpu")).run()
     gan = _config(images, stage="gan", iters=1, init=str(tmp_path / "psnr" / "model_2.safetensors"),
                   perceptual_weights="random", perceptual_layer="conv1_2")
-    trainer = Trainer(gan, tmp_path / "gan", torch.device("cpu"))
+    trainer = build_trainer(gan, tmp_path / "gan", torch.device("cpu"))
     lr_img, hr_img = next(trainer._loader())
     seen: dict[str, list[bool]] = {"g_during_d": [], "d_during_g": []}
     original = trainer._update
