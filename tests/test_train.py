@@ -10,6 +10,7 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import get_args
 
 import numpy as np
 import pytest
@@ -19,11 +20,15 @@ from safetensors.torch import load_file
 from test_cli import assert_one_line_error, esrgan
 from torch.utils.data import DataLoader
 
-from esrgan_cli.arch import RRDBConfig
+from esrgan_cli import cli_train
+from esrgan_cli.arch import INIT_SCHEMES, RRDBConfig
 from esrgan_cli.resize import imresize
-from esrgan_cli.training.config import TrainConfig
-from esrgan_cli.training.data import ImageSet, IterationSampler, PatchPairs, augment
 from esrgan_cli.training.build import build_trainer
+from esrgan_cli.training.config import PerceptualInput, Precision, Stage, TrainConfig, WeightInit
+from esrgan_cli.training.data import ImageSet, IterationSampler, PatchPairs, augment
+from esrgan_cli.training.perceptual import LAYERS, VGGLayer
+from esrgan_cli.training.runtime import TrainError
+from esrgan_cli.training.state import read_state
 from esrgan_cli.weights import load_weights
 
 from conftest import ROOT, random_image
@@ -214,6 +219,57 @@ def test_relativistic_losses_send_gradients_where_they_belong(tmp_path: Path, im
     trainer.step(lr_img, hr_img)
     assert seen["d_during_g"] and not any(seen["d_during_g"])
     assert seen["g_during_d"] and not any(seen["g_during_d"])
+
+
+def test_building_a_trainer_writes_nothing_and_steps_do_not_read_the_losses(tmp_path: Path, images: Path) -> None:
+    run = tmp_path / "run"
+    trainer = build_trainer(_config(images, iters=4, save_every=4), run, torch.device("cpu"))
+    assert not run.exists()  # the run folder is the run's business, not the constructor's
+    lr_img, hr_img = next(trainer._loader())
+    terms = trainer.step(lr_img, hr_img)
+    assert set(terms) == {"loss", "l1"}
+    assert all(isinstance(t, torch.Tensor) and t.ndim == 0 and not t.requires_grad for t in terms.values())
+    assert not run.exists()
+    trainer = build_trainer(_config(images, iters=4, save_every=4), run, torch.device("cpu"))
+    assert trainer.run()
+    assert sorted(p.name for p in run.iterdir()) == ["config.json", "log.jsonl", "model_4.safetensors", "state.pt"]
+
+
+def test_a_non_finite_loss_stops_the_run_before_anything_is_saved(tmp_path: Path, images: Path) -> None:
+    run = tmp_path / "run"
+    trainer = build_trainer(_config(images, iters=20, log_every=5, save_every=3), run, torch.device("cpu"))
+    step = trainer.step
+
+    def poisoned(lr_img: torch.Tensor, hr_img: torch.Tensor) -> dict[str, torch.Tensor]:
+        terms = step(lr_img, hr_img)
+        return {**terms, "l1": torch.tensor(float("nan"))} if trainer.iteration == 2 else terms
+
+    trainer.step = poisoned  # type: ignore[method-assign]
+    with pytest.raises(TrainError, match=r"not finite in iterations 1\.\.3 \(loss .*, l1 nan\)"):
+        trainer.run()
+    # Caught at the save of iteration 3, before the first log line (5): nothing of the spoilt run is kept.
+    assert sorted(p.name for p in run.iterdir()) == ["config.json"]
+
+
+def test_the_resume_state_is_checked_when_read(tmp_path: Path, images: Path) -> None:
+    run = tmp_path / "run"
+    build_trainer(_config(images, iters=2, save_every=2), run, torch.device("cpu")).run()
+    state = read_state(run / "state.pt")
+    assert state["iteration"] == 2 and "discriminator" not in state
+    del state["ema"]  # type: ignore[misc]
+    torch.save(state, run / "state.pt")
+    with pytest.raises(TrainError, match="missing ema"):
+        read_state(run / "state.pt")
+
+
+def test_the_command_lines_choices_are_the_configs_literal_types() -> None:
+    assert cli_train.STAGE_CHOICES == get_args(Stage)
+    assert cli_train.PRECISION_CHOICES == get_args(Precision)
+    assert cli_train.WEIGHT_INIT_CHOICES == get_args(WeightInit) and set(get_args(WeightInit)) == set(INIT_SCHEMES)
+    assert cli_train.PERCEPTUAL_INPUT_CHOICES == get_args(PerceptualInput)
+    assert cli_train.VGG_LAYER_CHOICES == get_args(VGGLayer) == tuple(LAYERS)
+    with pytest.raises(ValueError, match="unknown VGG19 layer"):
+        _config(Path("."), perceptual_layer="conv6_1")
 
 
 # -- the command line -------------------------------------------------------------------------------------
