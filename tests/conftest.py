@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
+import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,6 +20,30 @@ from esrgan_cli.weights import save_safetensors
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# Deadlines for waiting on another process. They only guard against a hang: on a busy 2-core machine a step that
+# takes a second alone may take a minute, so tests wait for something they can observe, never for a fixed time.
+WAIT_S = 600.0
+
+# `python -m esrgan_cli ARGS`, except that MARKER is created when the program first opens WATCHED (an audit hook,
+# so the program itself is unchanged): an observable "the command is under way" for tests that interrupt it.
+_WATCHING_LAUNCHER = r"""
+import os, sys
+watched, marker = os.path.realpath(sys.argv[1]), sys.argv[2]
+del sys.argv[1:3]  # what is left is what `esrgan` gets
+seen = False
+def hook(event, args):
+    global seen
+    if seen or event != "open" or not isinstance(args[0], (str, os.PathLike)):
+        return
+    if os.path.realpath(os.fspath(args[0])) == watched:
+        seen = True
+        with open(marker, "w"):
+            pass
+sys.addaudithook(hook)
+from esrgan_cli.cli import main
+main()
+"""
+
 
 def shared_dir() -> Path:
     return Path(os.environ.get("ESRGAN_SHARED", ROOT.parent / "shared"))
@@ -28,6 +55,29 @@ def shared() -> Path:
     if not (path / "weights").is_dir():
         pytest.skip(f"shared data not found at {path} (set ESRGAN_SHARED)")
     return path
+
+
+def start_esrgan_watching(watched: Path, marker: Path, *args: str | Path) -> subprocess.Popen[str]:
+    """Start `esrgan ARGS` (pipes for stdout and stderr); `marker` appears once it has opened `watched`."""
+    return subprocess.Popen(
+        [sys.executable, "-c", _WATCHING_LAUNCHER, str(watched), str(marker), *map(str, args)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+
+
+def wait_until(condition: Callable[[], bool], proc: subprocess.Popen[str], what: str, limit_s: float = WAIT_S) -> None:
+    """Poll `condition` while `proc` runs; fail, saying what was awaited, if `proc` ends first or time runs out."""
+    deadline = time.monotonic() + limit_s
+    while not condition():
+        if proc.poll() is not None:
+            _, err = proc.communicate()
+            pytest.fail(f"the process ended (exit {proc.returncode}) before {what}:\n{err[-3000:]}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            proc.communicate()
+            pytest.fail(f"waited {limit_s:.0f} s for {what}")
+        time.sleep(0.05)
 
 
 def tiny_model(config: RRDBConfig | None = None, seed: int = 0) -> RRDBNet:

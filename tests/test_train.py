@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 from typing import get_args
@@ -31,7 +30,7 @@ from esrgan_cli.training.runtime import TrainError
 from esrgan_cli.training.state import read_state
 from esrgan_cli.weights import load_weights
 
-from conftest import ROOT, random_image
+from conftest import ROOT, WAIT_S, random_image, wait_until
 
 TINY = RRDBConfig(num_feat=8, num_block=1, num_grow=4)
 TINY_ARGS = ("--blocks", "1", "--features", "8", "--growth", "4", "--patch-size", "32", "--batch-size", "4")
@@ -278,7 +277,7 @@ def test_the_command_lines_choices_are_the_configs_literal_types() -> None:
 def test_cli_train_then_upscale_with_the_checkpoint(tmp_path: Path, images: Path) -> None:
     run = tmp_path / "run"
     r = esrgan("train", "--stage", "psnr", "--data", images, "--out", run, "--iters", "6", "--save-every", "3",
-               *TINY_ARGS, timeout=300)
+               *TINY_ARGS, timeout=WAIT_S)
     assert r.returncode == 0, r.stderr
     assert sorted(p.name for p in run.iterdir()) == ["config.json", "log.jsonl", "model_3.safetensors",
                                                       "model_6.safetensors", "state.pt"]
@@ -289,7 +288,7 @@ def test_cli_train_then_upscale_with_the_checkpoint(tmp_path: Path, images: Path
     # Options that change what a run computes cannot change on resume; its length can.
     assert_one_line_error(esrgan("train", "--stage", "psnr", "--out", run, "--resume", "--lr", "0.5"), 2,
                           "--lr 0.5 differs")
-    r = esrgan("train", "--stage", "psnr", "--out", run, "--resume", "--iters", "8", timeout=300)
+    r = esrgan("train", "--stage", "psnr", "--out", run, "--resume", "--iters", "8", timeout=WAIT_S)
     assert r.returncode == 0, r.stderr
     assert (run / "model_8.safetensors").exists()
     assert_one_line_error(esrgan("train", "--stage", "psnr", "--data", images, "--out", run, *TINY_ARGS), 1,
@@ -310,7 +309,7 @@ def test_cli_train_errors_are_one_line(tmp_path: Path, images: Path) -> None:
 def test_gan_stage_needs_real_vgg_weights_or_says_why(tmp_path: Path, images: Path, shared: Path) -> None:
     run = tmp_path / "psnr"
     assert esrgan("train", "--stage", "psnr", "--data", images, "--out", run, "--iters", "2", *TINY_ARGS,
-                  timeout=300).returncode == 0
+                  timeout=WAIT_S).returncode == 0
     init = run / "model_2.safetensors"
     common = ("train", "--stage", "gan", "--data", images, "--init", init, "--iters", "2",
               "--patch-size", "32", "--batch-size", "4")
@@ -322,7 +321,7 @@ def test_gan_stage_needs_real_vgg_weights_or_says_why(tmp_path: Path, images: Pa
     assert_one_line_error(esrgan(*common, "--out", tmp_path / "g2", "--perceptual-weights", vgg), 1,
                           "conv1_1..conv3_4 only")
     r = esrgan(*common, "--out", tmp_path / "g3", "--perceptual-weights", vgg, "--perceptual-layer", "conv3_4",
-               timeout=300)
+               timeout=WAIT_S)
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "g3" / "model_2.safetensors").exists()
     config = json.loads((tmp_path / "g3" / "config.json").read_text())
@@ -332,22 +331,21 @@ def test_gan_stage_needs_real_vgg_weights_or_says_why(tmp_path: Path, images: Pa
 def test_ctrl_c_saves_the_state_and_resume_matches_a_straight_run(tmp_path: Path, images: Path) -> None:
     args = ("train", "--stage", "psnr", "--data", images, "--iters", "400", "--save-every", "400", "--seed", "1",
             *TINY_ARGS)
-    assert esrgan(*args, "--out", tmp_path / "straight", timeout=600).returncode == 0
+    assert esrgan(*args, "--out", tmp_path / "straight", timeout=WAIT_S).returncode == 0
     run = tmp_path / "cut"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "esrgan_cli", *map(str, args), "--out", str(run), "--log-every",
                              "1"], cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
     log = run / "log.jsonl"
-    while time.monotonic() < deadline and not (log.exists() and len(log.read_text().splitlines()) >= 20):
-        time.sleep(0.05)
+    # --log-every 1: a log line is written after every iteration, so 20 lines mean 20 iterations done.
+    wait_until(lambda: log.exists() and len(log.read_text().splitlines()) >= 20, proc, "20 logged iterations")
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
+    _, err = proc.communicate(timeout=WAIT_S)
     assert proc.returncode == 130, err
     assert "Traceback" not in err and "rerun with --resume" in err
     stopped = torch.load(run / "state.pt", weights_only=True)["iteration"]
     assert 20 <= stopped < 400
-    r = esrgan("train", "--stage", "psnr", "--out", run, "--resume", "--log-every", "10", timeout=600)
+    r = esrgan("train", "--stage", "psnr", "--out", run, "--resume", "--log-every", "10", timeout=WAIT_S)
     assert r.returncode == 0, r.stderr
     assert _same(tmp_path / "straight" / "model_400.safetensors", run / "model_400.safetensors")
 
@@ -357,11 +355,11 @@ def test_ddp_with_two_gloo_processes_follows_the_single_process_curve(tmp_path: 
     common = ["--stage", "psnr", "--data", str(images), "--iters", "30", "--log-every", "5", *TINY_ARGS]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     one = subprocess.run([sys.executable, "-m", "esrgan_cli", "train", *common, "--out", str(tmp_path / "one")],
-                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=WAIT_S)
     assert one.returncode == 0, one.stderr
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                           "-m", "esrgan_cli", "train", *common, "--out", str(tmp_path / "two")],
-                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=WAIT_S)
     assert two.returncode == 0, two.stderr[-3000:]
 
     def curve(run: str) -> list[float]:
@@ -411,7 +409,7 @@ def test_tiny_run_on_bsd200_crops_then_a_gan_stage(tmp_path: Path, shared: Path)
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
     out = tmp_path / "up.png"
     assert esrgan("upscale", val / sources[12].name, "-o", out, "--model", run / "model_200.safetensors",
-                  timeout=300).returncode == 0
+                  timeout=WAIT_S).returncode == 0
     vgg = shared / "vgg" / "vgg19-imagenet-conv1_1-conv3_4.caffe-bgr.safetensors"
     r = esrgan("train", "--stage", "gan", "--data", data, "--init", run / "model_200.safetensors", "--out",
                tmp_path / "gan", "--iters", "20", "--patch-size", "64", "--perceptual-weights", vgg,
