@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -57,12 +58,18 @@ def shared() -> Path:
     return path
 
 
+def default_sigint() -> None:
+    """For Popen(preexec_fn=...): Ctrl-C as in a terminal. A test run started in the background (`pytest &`) ignores
+    SIGINT and its children inherit that, so Python would not turn the test's SIGINT into a KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_esrgan_watching(watched: Path, marker: Path, *args: str | Path) -> subprocess.Popen[str]:
     """Start `esrgan ARGS` (pipes for stdout and stderr); `marker` appears once it has opened `watched`."""
     return subprocess.Popen(
         [sys.executable, "-c", _WATCHING_LAUNCHER, str(watched), str(marker), *map(str, args)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        env={**os.environ, "HF_HUB_OFFLINE": "1"}, preexec_fn=default_sigint,
     )
 
 

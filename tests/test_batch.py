@@ -23,7 +23,7 @@ from esrgan_cli.errors import EsrganError
 from esrgan_cli.hashing import sha256_of
 from esrgan_cli.weights import load_weights, save_safetensors
 
-from conftest import ROOT, WAIT_S, random_image, tiny_model, wait_until
+from conftest import ROOT, WAIT_S, default_sigint, random_image, tiny_model, wait_until
 
 
 def save_png(path: Path, h: int = 12, w: int = 10, seed: int = 0) -> Path:
@@ -195,7 +195,8 @@ def test_sigint_during_a_batch_exits_130_and_the_rerun_resumes(tmp_path: Path) -
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "esrgan_cli", "upscale", str(tmp_path / "in"), "-o", str(out), "--model",
            str(weights)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                            preexec_fn=default_sigint)
     # Outputs appear by rename when complete, so two of them mean the batch is well under way.
     wait_until(lambda: out.is_dir() and len(list(out.glob("*.png"))) >= 2, proc, "two finished outputs")
     assert proc.poll() is None, "finished before it could be interrupted"

@@ -30,7 +30,7 @@ from esrgan_cli.training.runtime import TrainError
 from esrgan_cli.training.state import read_state
 from esrgan_cli.weights import load_weights
 
-from conftest import ROOT, WAIT_S, random_image, wait_until
+from conftest import ROOT, WAIT_S, default_sigint, random_image, wait_until
 
 TINY = RRDBConfig(num_feat=8, num_block=1, num_grow=4)
 TINY_ARGS = ("--blocks", "1", "--features", "8", "--growth", "4", "--patch-size", "32", "--batch-size", "4")
@@ -335,7 +335,8 @@ def test_ctrl_c_saves_the_state_and_resume_matches_a_straight_run(tmp_path: Path
     run = tmp_path / "cut"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "esrgan_cli", *map(str, args), "--out", str(run), "--log-every",
-                             "1"], cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+                             "1"], cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=default_sigint)
     log = run / "log.jsonl"
     # --log-every 1: a log line is written after every iteration, so 20 lines mean 20 iterations done.
     wait_until(lambda: log.exists() and len(log.read_text().splitlines()) >= 20, proc, "20 logged iterations")

@@ -1,5 +1,5 @@
-"""Training RRDBNet the ESRGAN way: configuration, data, losses' networks and the trainer.
+"""Training RRDBNet the ESRGAN way: configuration, data, the loss networks, the run folder and the trainer.
 
-Nothing is imported here, so `import esrgan_cli.training.config` does not pull in torch's training machinery; import
-the module you need (`esrgan_cli.training.trainer`, `.config`, `.data`, `.perceptual`, `.discriminator`).
+The package imports nothing itself, so importing it costs nothing; import the module you need
+(`esrgan_cli.training.build` for `build_trainer`, `.trainer`, `.config`, `.data`, `.perceptual`, `.discriminator`).
 """
