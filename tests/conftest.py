@@ -25,22 +25,28 @@ ROOT = Path(__file__).resolve().parent.parent
 # takes a second alone may take a minute, so tests wait for something they can observe, never for a fixed time.
 WAIT_S = 600.0
 
-# `python -m esrgan_cli ARGS`, except that MARKER is created when the program first opens WATCHED (an audit hook,
-# so the program itself is unchanged): an observable "the command is under way" for tests that interrupt it.
+# `python -m esrgan_cli ARGS`, except that MARKER is created when the model first runs: an observable "the command is
+# computing" for tests that interrupt it. An audit hook arms a profile hook once the weights file is opened, and the
+# profile hook fires on the first call of the network's code (arch.py) after that; the program itself is unchanged.
 _WATCHING_LAUNCHER = r"""
 import os, sys
-watched, marker = os.path.realpath(sys.argv[1]), sys.argv[2]
+weights, marker = os.path.realpath(sys.argv[1]), sys.argv[2]
 del sys.argv[1:3]  # what is left is what `esrgan` gets
-seen = False
-def hook(event, args):
-    global seen
-    if seen or event != "open" or not isinstance(args[0], (str, os.PathLike)):
-        return
-    if os.path.realpath(os.fspath(args[0])) == watched:
-        seen = True
+arch = os.path.join("esrgan_cli", "arch.py")
+state = {"armed": False}
+def profile(frame, event, arg):
+    code = frame.f_code
+    if event == "call" and code.co_name in ("forward", "trunk", "tail") and code.co_filename.endswith(arch):
+        sys.setprofile(None)
         with open(marker, "w"):
             pass
-sys.addaudithook(hook)
+def audit(event, args):
+    if state["armed"] or event != "open" or not isinstance(args[0], (str, os.PathLike)):
+        return
+    if os.path.realpath(os.fspath(args[0])) == weights:
+        state["armed"] = True
+        sys.setprofile(profile)
+sys.addaudithook(audit)
 from esrgan_cli.cli import main
 main()
 """
@@ -64,10 +70,11 @@ def default_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def start_esrgan_watching(watched: Path, marker: Path, *args: str | Path) -> subprocess.Popen[str]:
-    """Start `esrgan ARGS` (pipes for stdout and stderr); `marker` appears once it has opened `watched`."""
+def start_esrgan_watching(weights: Path, marker: Path, *args: str | Path) -> subprocess.Popen[str]:
+    """Start `esrgan ARGS` (pipes for stdout and stderr); `marker` appears once the model from the `weights` file
+    runs."""
     return subprocess.Popen(
-        [sys.executable, "-c", _WATCHING_LAUNCHER, str(watched), str(marker), *map(str, args)],
+        [sys.executable, "-c", _WATCHING_LAUNCHER, str(weights), str(marker), *map(str, args)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
         env={**os.environ, "HF_HUB_OFFLINE": "1"}, preexec_fn=default_sigint,
     )

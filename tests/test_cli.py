@@ -180,11 +180,11 @@ def test_ctrl_c_exits_130_and_leaves_no_partial_file(tmp_path: Path) -> None:
     src = tmp_path / "big.png"
     Image.fromarray((random_image(1536, 1536) * 255).astype(np.uint8)).save(src)
     out = tmp_path / "out.png"
-    # The signal is sent once the command has read the image and opens the model, so it lands while the model loads
-    # or runs, however slow the machine; the image is big enough that it is still running then.
-    started = tmp_path / "opened-the-model"
-    proc = start_esrgan_watching(weights, started, "upscale", src, "-o", out, "--model", weights, "--tile", "64")
-    wait_until(started.exists, proc, "the command opened the model")
+    # The signal is sent once the model runs (not at a guessed time), however slow the machine; the image is big
+    # enough that it is still running then.
+    computing = tmp_path / "model-running"
+    proc = start_esrgan_watching(weights, computing, "upscale", src, "-o", out, "--model", weights, "--tile", "64")
+    wait_until(computing.exists, proc, "the model to run")
     assert proc.poll() is None, "finished before it could be interrupted"
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=WAIT_S)
