@@ -391,7 +391,7 @@ def test_tiny_run_on_bsd200_crops_then_a_gan_stage(tmp_path: Path, shared: Path)
               "32", "--patch-size", "64", "--lr", "1e-3", "--milestones", "1000", "--warmup", "20",
               "--val-every", "100", "--save-every", "100"]
     run = tmp_path / "psnr"
-    r = esrgan("train", *recipe, "--out", run, "--iters", "200", timeout=900)
+    r = esrgan("train", *recipe, "--out", run, "--iters", "200", timeout=3 * WAIT_S)
     assert r.returncode == 0, r.stderr
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     losses = [e["loss"] for e in log if "loss" in e]
@@ -403,8 +403,8 @@ def test_tiny_run_on_bsd200_crops_then_a_gan_stage(tmp_path: Path, shared: Path)
     assert vals[-1]["val_psnr"] > vals[0]["val_psnr"]
     assert vals[-1]["val_psnr"] > vals[-1]["val_psnr_bicubic"]
     halves = tmp_path / "halves"
-    assert esrgan("train", *recipe, "--out", halves, "--iters", "100", timeout=900).returncode == 0
-    r = esrgan("train", *recipe[:2], "--out", halves, "--iters", "200", "--resume", timeout=900)
+    assert esrgan("train", *recipe, "--out", halves, "--iters", "100", timeout=3 * WAIT_S).returncode == 0
+    r = esrgan("train", *recipe[:2], "--out", halves, "--iters", "200", "--resume", timeout=3 * WAIT_S)
     assert r.returncode == 0, r.stderr
     straight, resumed = (load_weights(d / "model_200.safetensors").state_dict for d in (run, halves))
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
@@ -414,7 +414,7 @@ def test_tiny_run_on_bsd200_crops_then_a_gan_stage(tmp_path: Path, shared: Path)
     vgg = shared / "vgg" / "vgg19-imagenet-conv1_1-conv3_4.caffe-bgr.safetensors"
     r = esrgan("train", "--stage", "gan", "--data", data, "--init", run / "model_200.safetensors", "--out",
                tmp_path / "gan", "--iters", "20", "--patch-size", "64", "--perceptual-weights", vgg,
-               "--perceptual-layer", "conv3_4", timeout=900)
+               "--perceptual-layer", "conv3_4", timeout=3 * WAIT_S)
     assert r.returncode == 0, r.stderr
     gan_log = [json.loads(line) for line in (tmp_path / "gan" / "log.jsonl").read_text().splitlines()]
     assert gan_log[-1]["iter"] == 20 and all(np.isfinite(v) for e in gan_log for v in e.values())
