@@ -5,11 +5,25 @@ from __future__ import annotations
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from esrgan_cli.errors import EsrganError
+
+if TYPE_CHECKING:  # the modules themselves are imported when a command runs, so that --help stays fast
+    from esrgan_cli.arch import RRDBConfig
+    from esrgan_cli.training.config import PerceptualInput, Precision, Stage, TrainConfig, WeightInit
+    from esrgan_cli.training.perceptual import VGGLayer
+    from esrgan_cli.training.runtime import Report
+
+# The choices of the Literal types in training.config and training.perceptual, spelt out here because importing those
+# modules would import torch (test_cli checks that --help does not); tests/test_train.py checks that they agree.
+STAGE_CHOICES = ("psnr", "gan")
+PRECISION_CHOICES = ("fp32", "bf16", "fp16")
+WEIGHT_INIT_CHOICES = ("interp", "paper")
+PERCEPTUAL_INPUT_CHOICES = ("auto", "imagenet-rgb", "caffe-bgr")
+VGG_LAYER_CHOICES = tuple(f"conv{b}_{i}" for b, n in ((1, 2), (2, 2), (3, 4), (4, 4), (5, 4)) for i in range(1, n + 1))
 
 
 def _say(message: str) -> None:
@@ -29,7 +43,7 @@ def _milestones(ctx: click.Context, param: click.Parameter, value: str | None) -
 
 
 @click.command()
-@click.option("--stage", type=click.Choice(["psnr", "gan"]), required=True,
+@click.option("--stage", type=click.Choice(STAGE_CHOICES), required=True,
               help="psnr: L1 training from scratch; gan: the perceptual + adversarial fine-tune from --init.")
 @click.option("--data", type=click.Path(path_type=Path), help="Folder of HR training images (searched recursively).")
 @click.option("--out", "run_dir", type=click.Path(path_type=Path), required=True,
@@ -54,21 +68,21 @@ def _milestones(ctx: click.Context, param: click.Parameter, value: str | None) -
 @click.option("--log-every", type=click.IntRange(min=1), default=10, show_default=True)
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its latest state.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True,
+@click.option("--precision", type=click.Choice(PRECISION_CHOICES), default="fp32", show_default=True,
               help="Mixed precision (autocast); fp16 uses loss scaling and needs CUDA.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--workers", type=click.IntRange(min=0), default=None,
               help="DataLoader worker processes [default: 4 on CUDA, 0 on CPU].")
-@click.option("--weight-init", type=click.Choice(["interp", "paper"]), default="interp", show_default=True,
+@click.option("--weight-init", type=click.Choice(WEIGHT_INIT_CHOICES), default="interp", show_default=True,
               help="PSNR stage: start as a bilinear upscaler (interp), or from the paper's random weights.")
 @click.option("--init", "init_path", type=click.Path(path_type=Path), default=None,
               help="GAN stage: the PSNR-stage model to start from.")
 @click.option("--perceptual-weights", default="hub", show_default=True, metavar="PATH|hub|random",
               help="VGG19 weights for the perceptual loss: a local file, the Hub (timm/vgg19.tv_in1k), or random "
                    "(tests only).")
-@click.option("--perceptual-layer", default="conv5_4", show_default=True,
+@click.option("--perceptual-layer", type=click.Choice(VGG_LAYER_CHOICES), default="conv5_4", show_default=True,
               help="VGG19 layer whose features (before ReLU) are compared.")
-@click.option("--perceptual-input", type=click.Choice(["auto", "imagenet-rgb", "caffe-bgr"]), default="auto",
+@click.option("--perceptual-input", type=click.Choice(PERCEPTUAL_INPUT_CHOICES), default="auto",
               show_default=True, help="The VGG weights' input convention; auto reads the file's metadata.")
 @click.option("--perceptual-weight", type=click.FloatRange(min=0), default=1.0, show_default=True,
               help="GAN stage: weight of the perceptual term. The paper's 1 is for imagenet-rgb weights; "
@@ -79,11 +93,12 @@ def _milestones(ctx: click.Context, param: click.Parameter, value: str | None) -
               help="GAN stage: weight of the L1 term.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar; warnings and errors still go to stderr.")
 @click.pass_context
-def train(ctx: click.Context, stage: str, data: Path | None, run_dir: Path, val: Path | None, iters: int | None,
+def train(ctx: click.Context, stage: Stage, data: Path | None, run_dir: Path, val: Path | None, iters: int | None,
           batch_size: int, patch_size: int, blocks: int, features: int, growth: int, scale: str, lr: float | None,
           milestones: tuple[int, ...] | None, warmup: int | None, val_every: int | None, save_every: int | None,
-          log_every: int, resume: bool, device: str, precision: str, seed: int, workers: int | None, weight_init: str,
-          init_path: Path | None, perceptual_weights: str, perceptual_layer: str, perceptual_input: str,
+          log_every: int, resume: bool, device: str, precision: Precision, seed: int, workers: int | None,
+          weight_init: WeightInit, init_path: Path | None, perceptual_weights: str, perceptual_layer: VGGLayer,
+          perceptual_input: PerceptualInput,
           perceptual_weight: float, gan_weight: float, pixel_weight: float, quiet: bool) -> None:
     """Train RRDBNet the ESRGAN way: --stage psnr, then --stage gan from it.
 
@@ -102,8 +117,10 @@ def train(ctx: click.Context, stage: str, data: Path | None, run_dir: Path, val:
 
     from esrgan_cli.arch import RRDBConfig
     from esrgan_cli.engine import choose_placement
-    from esrgan_cli.train import Distributed, Trainer, init_distributed, stored_config
-    from esrgan_cli.trainconfig import TrainConfig
+    from esrgan_cli.training.build import build_trainer
+    from esrgan_cli.training.config import TrainConfig
+    from esrgan_cli.training.runtime import Distributed, init_distributed
+    from esrgan_cli.training.state import STATE_FILE, stored_config
 
     placement = choose_placement(device, "fp32")
     dist_ctx = Distributed.from_env()
@@ -118,7 +135,7 @@ def train(ctx: click.Context, stage: str, data: Path | None, run_dir: Path, val:
     else:
         if data is None:
             raise click.UsageError("give --data (a folder of HR images), or --resume a run")
-        if (run_dir / "state.pt").exists():
+        if (run_dir / STATE_FILE).exists():
             raise EsrganError(f"{run_dir} already holds a run: add --resume to continue it, or choose another --out")
         n = iters or 1000
         model = RRDBConfig(num_feat=features, num_block=blocks, num_grow=growth, scale=int(scale))
@@ -142,7 +159,7 @@ def train(ctx: click.Context, stage: str, data: Path | None, run_dir: Path, val:
     bar = _TrainProgress(quiet or not dist_ctx.main, config.iters)
     stop = _StopFlag()
     with stop, bar:
-        trainer = Trainer(config, run_dir, torch_device, resume, bar.report, dist_ctx)
+        trainer = build_trainer(config, run_dir, torch_device, resume=resume, report=bar.report, dist=dist_ctx)
         bar.start(trainer.iteration)
         finished = trainer.run(stop.is_set)
     if not finished:
@@ -152,7 +169,7 @@ def train(ctx: click.Context, stage: str, data: Path | None, run_dir: Path, val:
         _say(f"done: {config.iters} iterations; model in {run_dir / f'model_{config.iters}.safetensors'}")
 
 
-def _init_architecture(ctx: click.Context, init_path: Path, given: Any) -> Any:
+def _init_architecture(ctx: click.Context, init_path: Path, given: RRDBConfig) -> RRDBConfig:
     """The GAN stage trains the --init model's architecture; explicit --blocks etc. must agree with it."""
     from esrgan_cli.weights import load_weights
 
@@ -166,8 +183,8 @@ def _init_architecture(ctx: click.Context, init_path: Path, given: Any) -> Any:
     return found
 
 
-def _resumed_config(ctx: click.Context, stored: Any, stage: str, iters: int | None, val_every: int | None,
-                    save_every: int | None, log_every: int, workers: int) -> Any:
+def _resumed_config(ctx: click.Context, stored: TrainConfig, stage: str, iters: int | None, val_every: int | None,
+                    save_every: int | None, log_every: int, workers: int) -> TrainConfig:
     """The run's own configuration; options that would change what it computes must not be given differently."""
     if stage != stored.stage:
         raise click.UsageError(f"the run in --out is a {stored.stage} run, not {stage}")
@@ -252,7 +269,7 @@ class _TrainProgress:
         if self.bar is not None:
             self.task = self.bar.add_task("train", total=self.total, completed=done, rate="", losses="")
 
-    def report(self, r: Any) -> None:
+    def report(self, r: Report) -> None:
         import time
 
         if r.kind == "warn":

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import os
 import re
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,6 +22,36 @@ from esrgan_cli.weights import save_safetensors
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# Deadlines for waiting on another process. They only guard against a hang: on a busy 2-core machine a step that
+# takes a second alone may take a minute, so tests wait for something they can observe, never for a fixed time.
+WAIT_S = 600.0
+
+# `python -m esrgan_cli ARGS`, except that MARKER is created when the model first runs: an observable "the command is
+# computing" for tests that interrupt it. An audit hook arms a profile hook once the weights file is opened, and the
+# profile hook fires on the first call of the network's code (arch.py) after that; the program itself is unchanged.
+_WATCHING_LAUNCHER = r"""
+import os, sys
+weights, marker = os.path.realpath(sys.argv[1]), sys.argv[2]
+del sys.argv[1:3]  # what is left is what `esrgan` gets
+arch = os.path.join("esrgan_cli", "arch.py")
+state = {"armed": False}
+def profile(frame, event, arg):
+    code = frame.f_code
+    if event == "call" and code.co_name in ("forward", "trunk", "tail") and code.co_filename.endswith(arch):
+        sys.setprofile(None)
+        with open(marker, "w"):
+            pass
+def audit(event, args):
+    if state["armed"] or event != "open" or not isinstance(args[0], (str, os.PathLike)):
+        return
+    if os.path.realpath(os.fspath(args[0])) == weights:
+        state["armed"] = True
+        sys.setprofile(profile)
+sys.addaudithook(audit)
+from esrgan_cli.cli import main
+main()
+"""
+
 
 def shared_dir() -> Path:
     return Path(os.environ.get("ESRGAN_SHARED", ROOT.parent / "shared"))
@@ -29,6 +63,36 @@ def shared() -> Path:
     if not (path / "weights").is_dir():
         pytest.skip(f"shared data not found at {path} (set ESRGAN_SHARED)")
     return path
+
+
+def default_sigint() -> None:
+    """For Popen(preexec_fn=...): Ctrl-C as in a terminal. A test run started in the background (`pytest &`) ignores
+    SIGINT and its children inherit that, so Python would not turn the test's SIGINT into a KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def start_esrgan_watching(weights: Path, marker: Path, *args: str | Path) -> subprocess.Popen[str]:
+    """Start `esrgan ARGS` (pipes for stdout and stderr); `marker` appears once the model from the `weights` file
+    runs."""
+    return subprocess.Popen(
+        [sys.executable, "-c", _WATCHING_LAUNCHER, str(weights), str(marker), *map(str, args)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"}, preexec_fn=default_sigint,
+    )
+
+
+def wait_until(condition: Callable[[], bool], proc: subprocess.Popen[str], what: str, limit_s: float = WAIT_S) -> None:
+    """Poll `condition` while `proc` runs; fail, saying what was awaited, if `proc` ends first or time runs out."""
+    deadline = time.monotonic() + limit_s
+    while not condition():
+        if proc.poll() is not None:
+            _, err = proc.communicate()
+            pytest.fail(f"the process ended (exit {proc.returncode}) before {what}:\n{err[-3000:]}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            proc.communicate()
+            pytest.fail(f"waited {limit_s:.0f} s for {what}")
+        time.sleep(0.05)
 
 
 def tiny_model(config: RRDBConfig | None = None, seed: int = 0) -> RRDBNet:

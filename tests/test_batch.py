@@ -22,7 +22,7 @@ from esrgan_cli.errors import EsrganError
 from esrgan_cli.hashing import sha256_of
 from esrgan_cli.weights import save_safetensors
 
-from conftest import ROOT, random_image, tiny_model
+from conftest import ROOT, WAIT_S, default_sigint, random_image, tiny_model, wait_until
 
 
 def save_png(path: Path, h: int = 12, w: int = 10, seed: int = 0) -> Path:
@@ -194,13 +194,13 @@ def test_sigint_during_a_batch_exits_130_and_the_rerun_resumes(tmp_path: Path) -
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "esrgan_cli", "upscale", str(tmp_path / "in"), "-o", str(out), "--model",
            str(weights)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
-    deadline = time.time() + 60
-    while time.time() < deadline and not (out.exists() and len(list(out.glob("*.png"))) >= 2):
-        time.sleep(0.05)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                            preexec_fn=default_sigint)
+    # Outputs appear by rename when complete, so two of them mean the batch is well under way.
+    wait_until(lambda: out.is_dir() and len(list(out.glob("*.png"))) >= 2, proc, "two finished outputs")
     assert proc.poll() is None, "finished before it could be interrupted"
     proc.send_signal(signal.SIGINT)
-    _, stderr = proc.communicate(timeout=60)
+    _, stderr = proc.communicate(timeout=WAIT_S)
     assert proc.returncode == 130, stderr
     assert "Traceback" not in stderr
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
@@ -209,7 +209,7 @@ def test_sigint_during_a_batch_exits_130_and_the_rerun_resumes(tmp_path: Path) -
     for p in finished:
         assert Image.open(p).size == (1536, 1536)  # every output present is complete
     before = {p: p.stat().st_mtime_ns for p in finished}
-    rerun = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    rerun = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=WAIT_S)
     assert rerun.returncode == 0, rerun.stderr
     assert len(list(out.glob("*.png"))) == 16
     assert {p: p.stat().st_mtime_ns for p in finished} == before

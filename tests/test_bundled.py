@@ -20,7 +20,7 @@ from esrgan_cli.metrics import y_channel
 from esrgan_cli.registry import BundledFile, load_registry, resolve_model, weights_dir
 from esrgan_cli.weights import load_weights
 
-from conftest import ROOT
+from conftest import ROOT, WAIT_S
 
 GAN, PSNR = "compact-x4", "compact-psnr-x4"
 CARD = ROOT / "weights" / "README.md"
@@ -106,7 +106,7 @@ def test_gan_model_is_sharper_than_its_psnr_twin(shared: Path) -> None:
 def test_the_wheel_ships_the_bundled_models(tmp_path: Path) -> None:
     pytest.importorskip("setuptools", minversion="77")
     r = subprocess.run([sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "--no-build-isolation",
-                        "-w", str(tmp_path), "-q"], capture_output=True, text=True, timeout=300)
+                        "-w", str(tmp_path), "-q"], capture_output=True, text=True, timeout=WAIT_S)
     assert r.returncode == 0, r.stderr
     (wheel,) = tmp_path.glob("esrgan-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())

@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -17,10 +16,11 @@ from PIL import Image
 from esrgan_cli.arch import RRDBConfig
 from esrgan_cli.weights import save_safetensors
 
-from conftest import ROOT, random_image, tiny_model
+from conftest import ROOT, WAIT_S, random_image, start_esrgan_watching, tiny_model, wait_until
 
 
-def esrgan(*args: str | Path, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+def esrgan(*args: str | Path, env: dict[str, str] | None = None,
+           timeout: float = WAIT_S) -> subprocess.CompletedProcess:
     full_env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "esrgan_cli", *map(str, args)],
@@ -180,15 +180,14 @@ def test_ctrl_c_exits_130_and_leaves_no_partial_file(tmp_path: Path) -> None:
     src = tmp_path / "big.png"
     Image.fromarray((random_image(1536, 1536) * 255).astype(np.uint8)).save(src)
     out = tmp_path / "out.png"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "esrgan_cli", "upscale", str(src), "-o", str(out), "--model", str(weights),
-         "--tile", "64"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
-    )
-    time.sleep(4)
+    # The signal is sent once the model runs (not at a guessed time), however slow the machine; the image is big
+    # enough that it is still running then.
+    computing = tmp_path / "model-running"
+    proc = start_esrgan_watching(weights, computing, "upscale", src, "-o", out, "--model", weights, "--tile", "64")
+    wait_until(computing.exists, proc, "the model to run")
     assert proc.poll() is None, "finished before it could be interrupted"
     proc.send_signal(signal.SIGINT)
-    _, stderr = proc.communicate(timeout=60)
+    _, stderr = proc.communicate(timeout=WAIT_S)
     assert proc.returncode == 130, stderr
     assert "Traceback" not in stderr and stderr.strip() == "esrgan: interrupted"
     assert leftovers(tmp_path) == []

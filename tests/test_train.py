@@ -7,9 +7,9 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import replace
 from pathlib import Path
+from typing import get_args
 
 import numpy as np
 import pytest
@@ -19,14 +19,18 @@ from safetensors.torch import load_file
 from test_cli import assert_one_line_error, esrgan
 from torch.utils.data import DataLoader
 
-from esrgan_cli.arch import RRDBConfig
-from esrgan_cli.data import ImageSet, IterationSampler, PatchPairs, augment
+from esrgan_cli import cli_train
+from esrgan_cli.arch import INIT_SCHEMES, RRDBConfig
 from esrgan_cli.resize import imresize
-from esrgan_cli.train import Trainer
-from esrgan_cli.trainconfig import TrainConfig
+from esrgan_cli.training.build import build_trainer
+from esrgan_cli.training.config import PerceptualInput, Precision, Stage, TrainConfig, WeightInit
+from esrgan_cli.training.data import ImageSet, IterationSampler, PatchPairs, augment
+from esrgan_cli.training.perceptual import LAYERS, VGGLayer
+from esrgan_cli.training.runtime import TrainError
+from esrgan_cli.training.state import read_state
 from esrgan_cli.weights import load_weights
 
-from conftest import ROOT, random_image
+from conftest import ROOT, WAIT_S, default_sigint, random_image, wait_until
 
 TINY = RRDBConfig(num_feat=8, num_block=1, num_grow=4)
 TINY_ARGS = ("--blocks", "1", "--features", "8", "--growth", "4", "--patch-size", "32", "--batch-size", "4")
@@ -135,7 +139,7 @@ def test_psnr_stage_learns_and_writes_its_files(tmp_path: Path, images: Path) ->
     # From the paper's random start, so the loss has far to fall (the interpolating start begins near the floor
     # these random images allow; the BSD200 test below covers it).
     config = replace(_config(images, iters=60, lr=2e-3, val=str(val), val_every=30, save_every=30), weight_init="paper")
-    trainer = Trainer(config, run, torch.device("cpu"), report=reports.append)
+    trainer = build_trainer(config, run, torch.device("cpu"), report=reports.append)
     assert trainer.run()
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     losses = [e["loss"] for e in log if "loss" in e]
@@ -155,12 +159,12 @@ def test_psnr_stage_learns_and_writes_its_files(tmp_path: Path, images: Path) ->
 
 def test_an_interrupted_run_resumes_bit_for_bit(tmp_path: Path, images: Path) -> None:
     config = _config(images, iters=20, save_every=20)
-    straight = Trainer(config, tmp_path / "a", torch.device("cpu"))
+    straight = build_trainer(config, tmp_path / "a", torch.device("cpu"))
     straight.run()
-    first = Trainer(config, tmp_path / "b", torch.device("cpu"))
+    first = build_trainer(config, tmp_path / "b", torch.device("cpu"))
     assert first.run(should_stop=lambda: first.iteration >= 9) is False
     assert first.iteration == 9
-    second = Trainer(config, tmp_path / "b", torch.device("cpu"), resume=True)
+    second = build_trainer(config, tmp_path / "b", torch.device("cpu"), resume=True)
     assert second.iteration == 9
     assert second.run()
     assert _same(tmp_path / "a" / "model_20.safetensors", tmp_path / "b" / "model_20.safetensors")
@@ -174,12 +178,12 @@ def test_an_interrupted_run_resumes_bit_for_bit(tmp_path: Path, images: Path) ->
 
 
 def test_gan_stage_from_a_psnr_model(tmp_path: Path, images: Path) -> None:
-    Trainer(_config(images, iters=4, save_every=4), tmp_path / "psnr", torch.device("cpu")).run()
+    build_trainer(_config(images, iters=4, save_every=4), tmp_path / "psnr", torch.device("cpu")).run()
     init = tmp_path / "psnr" / "model_4.safetensors"
     reports = []
     gan = _config(images, stage="gan", iters=6, lr=0.0, init=str(init), perceptual_weights="random",
                   perceptual_layer="conv2_2", save_every=3, log_every=3)
-    trainer = Trainer(gan, tmp_path / "gan", torch.device("cpu"), report=reports.append)
+    trainer = build_trainer(gan, tmp_path / "gan", torch.device("cpu"), report=reports.append)
     start = {k: v.clone() for k, v in trainer.discriminator.state_dict().items()}
     assert trainer.run()
     assert any(r.kind == "warn" and "RANDOM VGG19" in r.message for r in reports)
@@ -194,10 +198,10 @@ def test_gan_stage_from_a_psnr_model(tmp_path: Path, images: Path) -> None:
 
 def test_relativistic_losses_send_gradients_where_they_belong(tmp_path: Path, images: Path) -> None:
     """G's step must leave D's weights alone; D's step must not reach G (the fake is detached)."""
-    Trainer(_config(images, iters=2, save_every=2), tmp_path / "psnr", torch.device("cpu")).run()
+    build_trainer(_config(images, iters=2, save_every=2), tmp_path / "psnr", torch.device("cpu")).run()
     gan = _config(images, stage="gan", iters=1, init=str(tmp_path / "psnr" / "model_2.safetensors"),
                   perceptual_weights="random", perceptual_layer="conv1_2")
-    trainer = Trainer(gan, tmp_path / "gan", torch.device("cpu"))
+    trainer = build_trainer(gan, tmp_path / "gan", torch.device("cpu"))
     lr_img, hr_img = next(trainer._loader())
     seen: dict[str, list[bool]] = {"g_during_d": [], "d_during_g": []}
     original = trainer._update
@@ -216,13 +220,64 @@ def test_relativistic_losses_send_gradients_where_they_belong(tmp_path: Path, im
     assert seen["g_during_d"] and not any(seen["g_during_d"])
 
 
+def test_building_a_trainer_writes_nothing_and_steps_do_not_read_the_losses(tmp_path: Path, images: Path) -> None:
+    run = tmp_path / "run"
+    trainer = build_trainer(_config(images, iters=4, save_every=4), run, torch.device("cpu"))
+    assert not run.exists()  # the run folder is the run's business, not the constructor's
+    lr_img, hr_img = next(trainer._loader())
+    terms = trainer.step(lr_img, hr_img)
+    assert set(terms) == {"loss", "l1"}
+    assert all(isinstance(t, torch.Tensor) and t.ndim == 0 and not t.requires_grad for t in terms.values())
+    assert not run.exists()
+    trainer = build_trainer(_config(images, iters=4, save_every=4), run, torch.device("cpu"))
+    assert trainer.run()
+    assert sorted(p.name for p in run.iterdir()) == ["config.json", "log.jsonl", "model_4.safetensors", "state.pt"]
+
+
+def test_a_non_finite_loss_stops_the_run_before_anything_is_saved(tmp_path: Path, images: Path) -> None:
+    run = tmp_path / "run"
+    trainer = build_trainer(_config(images, iters=20, log_every=5, save_every=3), run, torch.device("cpu"))
+    step = trainer.step
+
+    def poisoned(lr_img: torch.Tensor, hr_img: torch.Tensor) -> dict[str, torch.Tensor]:
+        terms = step(lr_img, hr_img)
+        return {**terms, "l1": torch.tensor(float("nan"))} if trainer.iteration == 2 else terms
+
+    trainer.step = poisoned  # type: ignore[method-assign]
+    with pytest.raises(TrainError, match=r"not finite in iterations 1\.\.3 \(loss .*, l1 nan\)"):
+        trainer.run()
+    # Caught at the save of iteration 3, before the first log line (5): nothing of the spoilt run is kept.
+    assert sorted(p.name for p in run.iterdir()) == ["config.json"]
+
+
+def test_the_resume_state_is_checked_when_read(tmp_path: Path, images: Path) -> None:
+    run = tmp_path / "run"
+    build_trainer(_config(images, iters=2, save_every=2), run, torch.device("cpu")).run()
+    state = read_state(run / "state.pt")
+    assert state["iteration"] == 2 and "discriminator" not in state
+    del state["ema"]  # type: ignore[misc]
+    torch.save(state, run / "state.pt")
+    with pytest.raises(TrainError, match="missing ema"):
+        read_state(run / "state.pt")
+
+
+def test_the_command_lines_choices_are_the_configs_literal_types() -> None:
+    assert cli_train.STAGE_CHOICES == get_args(Stage)
+    assert cli_train.PRECISION_CHOICES == get_args(Precision)
+    assert cli_train.WEIGHT_INIT_CHOICES == get_args(WeightInit) and set(get_args(WeightInit)) == set(INIT_SCHEMES)
+    assert cli_train.PERCEPTUAL_INPUT_CHOICES == get_args(PerceptualInput)
+    assert cli_train.VGG_LAYER_CHOICES == get_args(VGGLayer) == tuple(LAYERS)
+    with pytest.raises(ValueError, match="unknown VGG19 layer"):
+        _config(Path("."), perceptual_layer="conv6_1")
+
+
 # -- the command line -------------------------------------------------------------------------------------
 
 
 def test_cli_train_then_upscale_with_the_checkpoint(tmp_path: Path, images: Path) -> None:
     run = tmp_path / "run"
     r = esrgan("train", "--stage", "psnr", "--data", images, "--out", run, "--iters", "6", "--save-every", "3",
-               *TINY_ARGS, timeout=300)
+               *TINY_ARGS, timeout=WAIT_S)
     assert r.returncode == 0, r.stderr
     assert sorted(p.name for p in run.iterdir()) == ["config.json", "log.jsonl", "model_3.safetensors",
                                                       "model_6.safetensors", "state.pt"]
@@ -233,7 +288,7 @@ def test_cli_train_then_upscale_with_the_checkpoint(tmp_path: Path, images: Path
     # Options that change what a run computes cannot change on resume; its length can.
     assert_one_line_error(esrgan("train", "--stage", "psnr", "--out", run, "--resume", "--lr", "0.5"), 2,
                           "--lr 0.5 differs")
-    r = esrgan("train", "--stage", "psnr", "--out", run, "--resume", "--iters", "8", timeout=300)
+    r = esrgan("train", "--stage", "psnr", "--out", run, "--resume", "--iters", "8", timeout=WAIT_S)
     assert r.returncode == 0, r.stderr
     assert (run / "model_8.safetensors").exists()
     assert_one_line_error(esrgan("train", "--stage", "psnr", "--data", images, "--out", run, *TINY_ARGS), 1,
@@ -254,7 +309,7 @@ def test_cli_train_errors_are_one_line(tmp_path: Path, images: Path) -> None:
 def test_gan_stage_needs_real_vgg_weights_or_says_why(tmp_path: Path, images: Path, shared: Path) -> None:
     run = tmp_path / "psnr"
     assert esrgan("train", "--stage", "psnr", "--data", images, "--out", run, "--iters", "2", *TINY_ARGS,
-                  timeout=300).returncode == 0
+                  timeout=WAIT_S).returncode == 0
     init = run / "model_2.safetensors"
     common = ("train", "--stage", "gan", "--data", images, "--init", init, "--iters", "2",
               "--patch-size", "32", "--batch-size", "4")
@@ -266,7 +321,7 @@ def test_gan_stage_needs_real_vgg_weights_or_says_why(tmp_path: Path, images: Pa
     assert_one_line_error(esrgan(*common, "--out", tmp_path / "g2", "--perceptual-weights", vgg), 1,
                           "conv1_1..conv3_4 only")
     r = esrgan(*common, "--out", tmp_path / "g3", "--perceptual-weights", vgg, "--perceptual-layer", "conv3_4",
-               timeout=300)
+               timeout=WAIT_S)
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "g3" / "model_2.safetensors").exists()
     config = json.loads((tmp_path / "g3" / "config.json").read_text())
@@ -276,22 +331,22 @@ def test_gan_stage_needs_real_vgg_weights_or_says_why(tmp_path: Path, images: Pa
 def test_ctrl_c_saves_the_state_and_resume_matches_a_straight_run(tmp_path: Path, images: Path) -> None:
     args = ("train", "--stage", "psnr", "--data", images, "--iters", "400", "--save-every", "400", "--seed", "1",
             *TINY_ARGS)
-    assert esrgan(*args, "--out", tmp_path / "straight", timeout=600).returncode == 0
+    assert esrgan(*args, "--out", tmp_path / "straight", timeout=WAIT_S).returncode == 0
     run = tmp_path / "cut"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "esrgan_cli", *map(str, args), "--out", str(run), "--log-every",
-                             "1"], cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
+                             "1"], cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=default_sigint)
     log = run / "log.jsonl"
-    while time.monotonic() < deadline and not (log.exists() and len(log.read_text().splitlines()) >= 20):
-        time.sleep(0.05)
+    # --log-every 1: a log line is written after every iteration, so 20 lines mean 20 iterations done.
+    wait_until(lambda: log.exists() and len(log.read_text().splitlines()) >= 20, proc, "20 logged iterations")
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
+    _, err = proc.communicate(timeout=WAIT_S)
     assert proc.returncode == 130, err
     assert "Traceback" not in err and "rerun with --resume" in err
     stopped = torch.load(run / "state.pt", weights_only=True)["iteration"]
     assert 20 <= stopped < 400
-    r = esrgan("train", "--stage", "psnr", "--out", run, "--resume", "--log-every", "10", timeout=600)
+    r = esrgan("train", "--stage", "psnr", "--out", run, "--resume", "--log-every", "10", timeout=WAIT_S)
     assert r.returncode == 0, r.stderr
     assert _same(tmp_path / "straight" / "model_400.safetensors", run / "model_400.safetensors")
 
@@ -301,11 +356,11 @@ def test_ddp_with_two_gloo_processes_follows_the_single_process_curve(tmp_path: 
     common = ["--stage", "psnr", "--data", str(images), "--iters", "30", "--log-every", "5", *TINY_ARGS]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     one = subprocess.run([sys.executable, "-m", "esrgan_cli", "train", *common, "--out", str(tmp_path / "one")],
-                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=WAIT_S)
     assert one.returncode == 0, one.stderr
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                           "-m", "esrgan_cli", "train", *common, "--out", str(tmp_path / "two")],
-                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=WAIT_S)
     assert two.returncode == 0, two.stderr[-3000:]
 
     def curve(run: str) -> list[float]:
@@ -336,7 +391,7 @@ def test_tiny_run_on_bsd200_crops_then_a_gan_stage(tmp_path: Path, shared: Path)
               "32", "--patch-size", "64", "--lr", "1e-3", "--milestones", "1000", "--warmup", "20",
               "--val-every", "100", "--save-every", "100"]
     run = tmp_path / "psnr"
-    r = esrgan("train", *recipe, "--out", run, "--iters", "200", timeout=900)
+    r = esrgan("train", *recipe, "--out", run, "--iters", "200", timeout=3 * WAIT_S)
     assert r.returncode == 0, r.stderr
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     losses = [e["loss"] for e in log if "loss" in e]
@@ -348,18 +403,18 @@ def test_tiny_run_on_bsd200_crops_then_a_gan_stage(tmp_path: Path, shared: Path)
     assert vals[-1]["val_psnr"] > vals[0]["val_psnr"]
     assert vals[-1]["val_psnr"] > vals[-1]["val_psnr_bicubic"]
     halves = tmp_path / "halves"
-    assert esrgan("train", *recipe, "--out", halves, "--iters", "100", timeout=900).returncode == 0
-    r = esrgan("train", *recipe[:2], "--out", halves, "--iters", "200", "--resume", timeout=900)
+    assert esrgan("train", *recipe, "--out", halves, "--iters", "100", timeout=3 * WAIT_S).returncode == 0
+    r = esrgan("train", *recipe[:2], "--out", halves, "--iters", "200", "--resume", timeout=3 * WAIT_S)
     assert r.returncode == 0, r.stderr
     straight, resumed = (load_weights(d / "model_200.safetensors").state_dict for d in (run, halves))
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
     out = tmp_path / "up.png"
     assert esrgan("upscale", val / sources[12].name, "-o", out, "--model", run / "model_200.safetensors",
-                  timeout=300).returncode == 0
+                  timeout=WAIT_S).returncode == 0
     vgg = shared / "vgg" / "vgg19-imagenet-conv1_1-conv3_4.caffe-bgr.safetensors"
     r = esrgan("train", "--stage", "gan", "--data", data, "--init", run / "model_200.safetensors", "--out",
                tmp_path / "gan", "--iters", "20", "--patch-size", "64", "--perceptual-weights", vgg,
-               "--perceptual-layer", "conv3_4", timeout=900)
+               "--perceptual-layer", "conv3_4", timeout=3 * WAIT_S)
     assert r.returncode == 0, r.stderr
     gan_log = [json.loads(line) for line in (tmp_path / "gan" / "log.jsonl").read_text().splitlines()]
     assert gan_log[-1]["iter"] == 20 and all(np.isfinite(v) for e in gan_log for v in e.values())

@@ -4,11 +4,20 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field, replace
+from typing import Literal, get_args
 
 from esrgan_cli.arch import INIT_SCHEMES, RRDBConfig
+from esrgan_cli.training.perceptual import LAYERS, VGGLayer
 
-STAGES = ("psnr", "gan")
-PRECISIONS = ("fp32", "bf16", "fp16")
+Stage = Literal["psnr", "gan"]
+Precision = Literal["fp32", "bf16", "fp16"]
+WeightInit = Literal["interp", "paper"]  # the names of arch.INIT_SCHEMES
+PerceptualInput = Literal["auto", "imagenet-rgb", "caffe-bgr"]  # auto: what the weights file declares
+
+STAGES: tuple[Stage, ...] = get_args(Stage)
+PRECISIONS: tuple[Precision, ...] = get_args(Precision)
+WEIGHT_INITS: tuple[WeightInit, ...] = get_args(WeightInit)
+PERCEPTUAL_INPUTS: tuple[PerceptualInput, ...] = get_args(PerceptualInput)
 
 # The paper halves the learning rate every 2e5 of 1e6 iterations (PSNR stage) and at 50k/100k/200k/300k of 400k
 # (GAN stage). Runs of other lengths keep the same shape: the milestones are these fractions of --iters.
@@ -25,7 +34,7 @@ RESUMABLE_FIELDS = ("iters", "val_every", "save_every", "log_every", "workers")
 
 @dataclass(frozen=True)
 class TrainConfig:
-    stage: str
+    stage: Stage
     data: str
     iters: int
     model: RRDBConfig = field(default_factory=lambda: RRDBConfig(num_block=23))
@@ -37,18 +46,18 @@ class TrainConfig:
     warmup: int | None = None  # iterations of linear learning-rate warm-up; None: the stage's default
     betas: tuple[float, float] = (0.9, 0.99)
     ema_decay: float = 0.999
-    weight_init: str = "interp"  # see arch.INIT_SCHEMES; "paper" is the paper's random start
+    weight_init: WeightInit = "interp"  # see arch.INIT_SCHEMES; "paper" is the paper's random start
     val_every: int = 1000
     save_every: int = 1000
     log_every: int = 10
     seed: int = 0
     workers: int = 0
-    precision: str = "fp32"
+    precision: Precision = "fp32"
     # GAN stage
     init: str | None = None
     perceptual_weights: str = "hub"
-    perceptual_layer: str = "conv5_4"
-    perceptual_input: str = "auto"
+    perceptual_layer: VGGLayer = "conv5_4"
+    perceptual_input: PerceptualInput = "auto"
     pixel_weight: float = 1e-2
     perceptual_weight: float = 1.0
     gan_weight: float = 5e-3
@@ -57,10 +66,16 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.stage not in STAGES:
             raise ValueError(f"stage must be one of {', '.join(STAGES)}, got {self.stage!r}")
-        if self.weight_init not in INIT_SCHEMES:
-            raise ValueError(f"weight_init must be one of {', '.join(INIT_SCHEMES)}, got {self.weight_init!r}")
+        # The Literal types hold for the type checker only: JSON from an older or edited run folder is checked here.
+        if self.weight_init not in WEIGHT_INITS or self.weight_init not in INIT_SCHEMES:
+            raise ValueError(f"weight_init must be one of {', '.join(WEIGHT_INITS)}, got {self.weight_init!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.perceptual_input not in PERCEPTUAL_INPUTS:
+            raise ValueError(f"perceptual_input must be one of {', '.join(PERCEPTUAL_INPUTS)}, "
+                             f"got {self.perceptual_input!r}")
+        if self.perceptual_layer not in LAYERS:
+            raise ValueError(f"unknown VGG19 layer {self.perceptual_layer!r} (use one of {', '.join(LAYERS)})")
         for name in ("iters", "batch_size", "patch_size", "val_every", "save_every", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")

@@ -1,7 +1,7 @@
 """The GAN stage's discriminator: the VGG-style network of SRGAN/ESRGAN for square HR patches.
 
 Five stride-2 stages take a 128×128 patch to 4×4×(8·nf), then two linear layers give one raw score C(x); the
-relativistic average loss in `train.py` turns scores into D_Ra. Other patch sizes work when they are multiples of 32.
+relativistic average loss in `trainer.py` turns scores into D_Ra. Other patch sizes work when they are multiples of 32.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, get_args
 
 import torch
 from torch import nn
@@ -21,7 +22,12 @@ from esrgan_cli.registry import HubFile
 
 # torchvision's vgg19().features: "M" is a 2×2 max-pool.
 _VGG19 = (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512, "M")
-CONVENTIONS = ("imagenet-rgb", "caffe-bgr")
+Convention = Literal["imagenet-rgb", "caffe-bgr"]
+CONVENTIONS: tuple[Convention, ...] = get_args(Convention)
+VGGLayer = Literal[
+    "conv1_1", "conv1_2", "conv2_1", "conv2_2", "conv3_1", "conv3_2", "conv3_3", "conv3_4",
+    "conv4_1", "conv4_2", "conv4_3", "conv4_4", "conv5_1", "conv5_2", "conv5_3", "conv5_4",
+]
 
 # timm's copy of the torchvision ImageNet weights (BSD-3-Clause), pinned to the commit that added them.
 VGG19_HUB = HubFile("timm/vgg19.tv_in1k", "model.safetensors", "128d4708565b3a414bcbb9bbad440b2fe37b9f18")
@@ -47,8 +53,8 @@ LAYERS = _layer_indices()
 
 @dataclass(frozen=True)
 class PerceptualConfig:
-    layer: str = "conv5_4"
-    convention: str = "imagenet-rgb"
+    layer: VGGLayer = "conv5_4"
+    convention: Convention = "imagenet-rgb"
 
     def __post_init__(self) -> None:
         if self.layer not in LAYERS:
@@ -59,6 +65,9 @@ class PerceptualConfig:
 
 class VGGFeatures(nn.Module):
     """Frozen VGG19 features up to `config.layer` (its output before the ReLU), on RGB images in [0, 1]."""
+
+    mean: torch.Tensor  # buffers, declared so that the type checker knows them as tensors
+    std: torch.Tensor
 
     def __init__(self, config: PerceptualConfig) -> None:
         super().__init__()
@@ -94,7 +103,7 @@ class VGGFeatures(nn.Module):
         return super().train(False)  # a fixed feature extractor: never in training mode
 
 
-def load_vgg_weights(path: Path, layer: str) -> tuple[dict[str, torch.Tensor], str | None]:
+def load_vgg_weights(path: Path, layer: VGGLayer) -> tuple[dict[str, torch.Tensor], Convention | None]:
     """The `features` weights needed up to `layer` (keys `features.N.*` in the result) and the input convention
     the file's metadata declares, if any."""
     path = Path(path)
@@ -124,7 +133,7 @@ def load_vgg_weights(path: Path, layer: str) -> tuple[dict[str, torch.Tensor], s
         span = f"has {have[0]}..{have[-1]} only" if have else "has no VGG19 `features` weights"
         raise WeightsError(f"{path}: {span}; {layer} needs more (choose an earlier --perceptual-layer)")
     text = " ".join(metadata.values()).lower()
-    convention = "caffe-bgr" if ("caffe" in text or "bgr" in text) else None
+    convention: Convention | None = "caffe-bgr" if ("caffe" in text or "bgr" in text) else None
     return {k: v for k, v in found.items() if int(k.split(".")[1]) <= LAYERS[layer]}, convention
 
 

@@ -1,0 +1,96 @@
+"""Everything a run needs, loaded and built: `build_trainer` is where training reads files (and may download)."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from esrgan_cli.arch import INIT_SCHEMES, RRDBNet
+from esrgan_cli.evaluate import pair_images
+from esrgan_cli.training.config import TrainConfig
+from esrgan_cli.training.data import ImageSet
+from esrgan_cli.training.discriminator import VGGDiscriminator
+from esrgan_cli.training.perceptual import Convention, PerceptualConfig, VGGFeatures, build_vgg, load_vgg_weights
+from esrgan_cli.training.runtime import Distributed, Report, Reporter, TrainError
+from esrgan_cli.training.state import STATE_FILE, read_state
+from esrgan_cli.training.trainer import GanParts, Networks, TrainData, Trainer
+from esrgan_cli.weights import load_weights
+
+
+def build_trainer(config: TrainConfig, run_dir: Path, device: torch.device, *, resume: bool = False,
+                  report: Reporter | None = None, dist: Distributed | None = None) -> Trainer:
+    """A trainer for `config`: the training images read (unusable ones reported as warnings), the networks built
+    (from --init, or the chosen initialisation) and, with `resume`, continued from `run_dir`'s state.pt. For the GAN
+    stage, the VGG19 weights are read or downloaded. Nothing is written: `Trainer.run` writes the run folder."""
+    c = config
+    dist = dist or Distributed()
+    if c.precision == "fp16" and device.type != "cuda":
+        raise TrainError("--precision fp16 needs a CUDA device (use bf16 or fp32)")
+    if c.batch_size % dist.world:
+        raise TrainError(f"the batch size {c.batch_size} must be a multiple of the {dist.world} processes")
+
+    def warn(message: str) -> None:
+        if report is not None and dist.main:
+            report(Report("warn", 0, message=message))
+
+    images = ImageSet(Path(c.data), c.patch_size)
+    for skipped in images.skipped:
+        warn(f"skipped {skipped.path}: {skipped.reason}")
+    val_pairs = pair_images(Path(c.val), None, c.model.scale) if c.val else []
+
+    # The order of what draws from torch's global RNG is part of a run's definition (seeded runs repeat exactly).
+    torch.manual_seed(c.seed)
+    generator = RRDBNet(c.model)
+    if c.stage == "psnr":
+        INIT_SCHEMES[c.weight_init](generator, 0.1, c.seed)
+    else:
+        generator.load_state_dict(_init_weights(Path(str(c.init)), c))
+    generator.to(device)
+    ema = copy.deepcopy(generator).requires_grad_(False)
+    g_opt = torch.optim.Adam(generator.parameters(), lr=c.lr, betas=c.betas)
+    gan = None
+    if c.stage == "gan":
+        vgg = _perceptual_net(c, warn).to(device)
+        discriminator = VGGDiscriminator(c.patch_size, c.disc_features).to(device)
+        gan = GanParts(discriminator, torch.optim.Adam(discriminator.parameters(), lr=c.lr, betas=c.betas), vgg)
+    scaler = torch.amp.GradScaler("cuda", enabled=c.precision == "fp16")
+
+    trainer = Trainer(c, run_dir, device, Networks(generator, ema, g_opt, scaler, gan), TrainData(images, val_pairs),
+                      dist=dist, report=report)
+    if resume:
+        trainer.restore(read_state(Path(run_dir) / STATE_FILE))
+    return trainer
+
+
+def _init_weights(path: Path, config: TrainConfig) -> dict[str, torch.Tensor]:
+    weights = load_weights(path)
+    if weights.config != config.model:
+        raise TrainError(f"{path}: its architecture ({weights.config}) is not the run's ({config.model})")
+    return weights.state_dict
+
+
+def _perceptual_net(c: TrainConfig, warn: Callable[[str], None]) -> VGGFeatures:
+    layer = c.perceptual_layer
+    if c.perceptual_weights == "random":
+        warn("the perceptual loss uses a RANDOM VGG19: for tests only, the model will not learn real textures")
+        torch.manual_seed(c.seed)
+        return VGGFeatures(PerceptualConfig(layer, _convention(c, None)))
+    if c.perceptual_weights == "hub":
+        from esrgan_cli.registry import fetch
+        from esrgan_cli.training.perceptual import VGG19_HUB
+
+        path = fetch(VGG19_HUB, "the VGG19 weights for the perceptual loss",
+                     offline_hint="give --perceptual-weights PATH (a VGG19 file with torchvision key names)")
+    else:
+        path = Path(c.perceptual_weights)
+    state, declared = load_vgg_weights(path, layer)
+    return build_vgg(state, PerceptualConfig(layer, _convention(c, declared)))
+
+
+def _convention(c: TrainConfig, declared: Convention | None) -> Convention:
+    """--perceptual-input, else what the weights file declares, else torchvision's."""
+    given = c.perceptual_input
+    return given if given != "auto" else (declared or "imagenet-rgb")

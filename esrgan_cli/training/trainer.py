@@ -1,0 +1,308 @@
+"""The two-stage ESRGAN trainer: PSNR-oriented L1 training, then the GAN fine-tune (Wang et al. 2018, §3–4).
+
+`build_trainer` (build.py) loads and builds what a run needs; `Trainer` only trains it. One `Trainer.step` is one
+iteration of either stage. `Trainer.run` writes the run folder (see state.py) and, for several processes (torchrun),
+trains with DistributedDataParallel; only rank 0 writes files and reports.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+
+from esrgan_cli.arch import RRDBNet
+from esrgan_cli.engine import Placement, Upscaler
+from esrgan_cli.evaluate import EvalPair, score_pairs, summarize, with_upscaler
+from esrgan_cli.training.config import TrainConfig
+from esrgan_cli.training.data import ImageSet, IterationSampler, PatchPairs
+from esrgan_cli.training.discriminator import VGGDiscriminator
+from esrgan_cli.training.perceptual import VGGFeatures, perceptual_loss
+from esrgan_cli.training.runtime import Distributed, Report, Reporter, TrainError
+from esrgan_cli.training.state import STATE_FILE, TrainState, append_log, trim_log, write_config, write_state
+from esrgan_cli.weights import LoadedWeights, save_safetensors
+
+VAL_OVERLAP = 32
+
+
+@dataclass
+class GanParts:
+    """What the GAN stage adds: the discriminator, its optimizer, and the perceptual loss's feature network."""
+
+    discriminator: VGGDiscriminator
+    d_opt: torch.optim.Optimizer
+    vgg: VGGFeatures
+
+
+@dataclass
+class Networks:
+    """The networks being trained, with their optimizers, on the run's device."""
+
+    generator: RRDBNet
+    ema: RRDBNet  # the exponential moving average of `generator`: what is saved as the model
+    g_opt: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    gan: GanParts | None = None
+
+
+@dataclass(frozen=True)
+class TrainData:
+    images: ImageSet
+    val_pairs: list[EvalPair]
+
+
+class LossWindow:
+    """The loss terms of the iterations since the last log line, summed on the device: reading them back is a device
+    sync, so it happens once per log line (and before a save), not once per step."""
+
+    def __init__(self, start: int) -> None:
+        self.start = start  # the iteration before the first one summed
+        self.keys: list[str] = []
+        self.total: torch.Tensor | None = None
+        self.count = 0
+
+    def add(self, terms: dict[str, torch.Tensor]) -> None:
+        values = torch.stack([t.float() for t in terms.values()])
+        self.keys = list(terms)
+        self.total = values if self.total is None else self.total + values
+        self.count += 1
+
+    def means(self, ctx: Distributed) -> dict[str, float]:
+        """The means over the window and over processes (the loss of the whole batch): one sync."""
+        if self.total is None:
+            return {}
+        total = ctx.all_sum(self.total.clone())
+        return dict(zip(self.keys, (total / (self.count * ctx.world)).tolist(), strict=True))
+
+
+class Trainer:
+    """Trains what it is given; constructing one reads and writes nothing (see `build_trainer`)."""
+
+    def __init__(self, config: TrainConfig, run_dir: Path, device: torch.device, nets: Networks, data: TrainData,
+                 *, dist: Distributed | None = None, report: Reporter | None = None) -> None:
+        self.config = config
+        self.run_dir = Path(run_dir)
+        self.device = device
+        self.dist = dist or Distributed()
+        self._report = report if self.dist.main else None
+        self.data = data
+        self.generator, self.ema, self.g_opt, self.scaler = nets.generator, nets.ema, nets.g_opt, nets.scaler
+        self.gan = nets.gan
+        self.discriminator = nets.gan.discriminator if nets.gan else None
+        # What the steps run: the networks themselves, or their DistributedDataParallel wrappers after `begin`.
+        self.g_train: nn.Module = self.generator
+        self.d_train: nn.Module | None = self.discriminator
+        self.iteration = 0
+        self.last_val: dict[str, float] = {}
+        self._begun = False
+
+    def restore(self, state: TrainState) -> None:
+        """Continue from a saved state: weights, EMA, optimizer moments, loss scale, RNG and iteration."""
+        self.iteration = state["iteration"]
+        self.generator.load_state_dict(state["generator"])
+        self.ema.load_state_dict(state["ema"])
+        self.g_opt.load_state_dict(state["g_opt"])
+        self.scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["torch_rng"])
+        if self.gan is not None:
+            if "discriminator" not in state or "d_opt" not in state:
+                raise TrainError(f"{self.run_dir / STATE_FILE}: not the state of a GAN-stage run")
+            self.gan.discriminator.load_state_dict(state["discriminator"])
+            self.gan.d_opt.load_state_dict(state["d_opt"])
+
+    def state(self) -> TrainState:
+        state = TrainState(
+            iteration=self.iteration, config=self.config.to_json(), generator=self.generator.state_dict(),
+            ema=self.ema.state_dict(), g_opt=self.g_opt.state_dict(), scaler=self.scaler.state_dict(),
+            torch_rng=torch.get_rng_state(),
+        )
+        if self.gan is not None:
+            state["discriminator"] = self.gan.discriminator.state_dict()
+            state["d_opt"] = self.gan.d_opt.state_dict()
+        return state
+
+    def begin(self) -> None:
+        """Start the run: its folder with config.json, the log cut back to the iteration resumed from, and the
+        networks wrapped for DistributedDataParallel. `run` calls it; once is enough."""
+        if self._begun:
+            return
+        self._begun = True
+        if self.dist.world > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.g_train = DistributedDataParallel(self.generator, device_ids=ids)
+            if self.discriminator is not None:
+                self.d_train = DistributedDataParallel(self.discriminator, device_ids=ids)
+        if self.dist.main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            write_config(self.run_dir, self.config)
+            trim_log(self.run_dir, self.iteration)
+
+    def _loader(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        c = self.config
+        pairs = PatchPairs(self.data.images, c.patch_size, c.model.scale, c.seed)
+        sampler = IterationSampler(self.iteration, c.iters, c.batch_size, self.dist.rank, self.dist.world)
+        loader = DataLoader(pairs, batch_sampler=sampler, num_workers=c.workers,
+                            pin_memory=self.device.type == "cuda", persistent_workers=False)
+        return iter(loader)
+
+    # -- one iteration -------------------------------------------------------------------------------------
+
+    def _autocast(self) -> contextlib.AbstractContextManager[None]:
+        p = self.config.precision
+        if p == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16 if p == "bf16" else torch.float16)
+
+    def step(self, lr_img: torch.Tensor, hr_img: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One training iteration; returns this process's loss terms as detached tensors on the device (reading them
+        would wait for the device, so the caller decides when)."""
+        lr_img = lr_img.to(self.device, non_blocking=True)
+        hr_img = hr_img.to(self.device, non_blocking=True)
+        rate = self.config.lr_at(self.iteration)
+        for opt in (self.g_opt, self.gan.d_opt if self.gan else None):
+            if opt is not None:
+                for group in opt.param_groups:
+                    group["lr"] = rate
+        if self.gan is None:
+            with self._autocast():
+                loss = F.l1_loss(self.g_train(lr_img).float(), hr_img)
+            self._update(self.g_opt, loss)
+            terms = {"loss": loss.detach(), "l1": loss.detach()}
+        else:
+            terms = self._gan_step(self.gan, lr_img, hr_img)
+        self.scaler.update()
+        self._update_ema()
+        self.iteration += 1
+        return terms
+
+    def _gan_step(self, gan: GanParts, lr_img: torch.Tensor, hr_img: torch.Tensor) -> dict[str, torch.Tensor]:
+        c = self.config
+        d_train = self.d_train if self.d_train is not None else gan.discriminator
+        # Generator: L_G = L_percep + λ·L_G^Ra + η·L_1. C(x_r) carries no gradient to G, so it is detached.
+        d_train.requires_grad_(False)
+        with self._autocast():
+            sr = self.g_train(lr_img).float()
+            l_pix = F.l1_loss(sr, hr_img)
+            l_per = perceptual_loss(gan.vgg, sr, hr_img)
+            real = d_train(hr_img).float().detach()
+            fake = d_train(sr).float()
+            # The original ESRGAN code averages the two relativistic terms; λ = 5e-3 was tuned with that.
+            l_gan = (_bce(real - fake.mean(), 0.0) + _bce(fake - real.mean(), 1.0)) / 2
+            g_loss = c.pixel_weight * l_pix + c.perceptual_weight * l_per + c.gan_weight * l_gan
+        self._update(self.g_opt, g_loss)
+        # Discriminator: both scores carry gradient to D; only the generated image is detached.
+        d_train.requires_grad_(True)
+        with self._autocast():
+            real = d_train(hr_img).float()
+            fake = d_train(sr.detach()).float()
+            d_loss = (_bce(real - fake.mean(), 1.0) + _bce(fake - real.mean(), 0.0)) / 2
+        self._update(gan.d_opt, d_loss)
+        return {"loss": g_loss.detach(), "l1": l_pix.detach(), "perceptual": l_per.detach(), "gan": l_gan.detach(),
+                "d_loss": d_loss.detach(), "d_real": real.detach().mean(), "d_fake": fake.detach().mean()}
+
+    def _update(self, opt: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+        opt.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(opt)
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        # Warm-up (as TensorFlow's ExponentialMovingAverage): early on the average follows the model closely,
+        # so short runs are not dominated by the random initialisation.
+        t = self.iteration
+        decay = min(self.config.ema_decay, (1 + t) / (10 + t))
+        for e, p in zip(self.ema.parameters(), self.generator.parameters(), strict=True):
+            e.lerp_(p, 1 - decay)
+
+    # -- the loop ------------------------------------------------------------------------------------------
+
+    def run(self, should_stop: Callable[[], bool] = lambda: False) -> bool:
+        """Train up to `config.iters`; returns False when stopped early (the state is saved first)."""
+        c = self.config
+        self.begin()
+        window = LossWindow(self.iteration)
+        for lr_img, hr_img in self._loader():
+            window.add(self.step(lr_img, hr_img))
+            it = self.iteration
+            stop = should_stop() and it < c.iters
+            log_now = it % c.log_every == 0 or it == c.iters
+            val_now = bool(self.data.val_pairs) and (it % c.val_every == 0 or it == c.iters)
+            save_now = it % c.save_every == 0 or it == c.iters
+            if not (log_now or val_now or save_now or stop):
+                continue
+            # Reading the losses waits for the device, so it happens only here; a non-finite loss stops the run
+            # before anything is validated, logged or saved.
+            means = self._finite(window)
+            if log_now:
+                self._log({"iter": it, **means, "lr": c.lr_at(it - 1)}, "step")
+                window = LossWindow(it)
+            if val_now:
+                self.validate()
+            if save_now or stop:
+                self.save(model=save_now)
+            if stop:
+                return False
+        return True
+
+    def _finite(self, window: LossWindow) -> dict[str, float]:
+        """The window's mean loss terms (over its iterations and the processes); a non-finite one stops the run."""
+        means = window.means(self.dist)
+        if not all(math.isfinite(v) for v in means.values()):
+            shown = ", ".join(f"{k} {v:.4g}" for k, v in means.items())
+            raise TrainError(f"the loss is not finite in iterations {window.start + 1}..{self.iteration} ({shown}); "
+                             "lower --lr or use --precision fp32")
+        return means
+
+    def validate(self) -> dict[str, float]:
+        """Y-PSNR of the EMA model on the validation images, beside bicubic; logged on rank 0."""
+        values: dict[str, float] = {}
+        if self.dist.main:
+            weights = LoadedWeights(self.ema.state_dict(), self.config.model, {}, Path("<ema>"), torch.float32)
+            upscaler = Upscaler(weights, Placement(self.device, torch.float32, ""))
+            upscale = with_upscaler(upscaler, None, VAL_OVERLAP)
+            summary = summarize(list(score_pairs(self.data.val_pairs, upscale, self.config.model.scale)))
+            values = {"val_psnr": summary.psnr, "val_psnr_bicubic": summary.psnr_bicubic,
+                      "val_ssim": summary.ssim}
+            self._log({"iter": self.iteration, **values}, "val")
+            self.last_val = values
+        self.dist.barrier()
+        return values
+
+    def save(self, model: bool = True) -> None:
+        """The resume state, and (unless `model` is False) the EMA model of this iteration."""
+        if self.dist.main:
+            it = self.iteration
+            if model:
+                meta = {"esrgan.stage": self.config.stage, "esrgan.iteration": str(it),
+                        "esrgan.train_config": self.config.to_json()}
+                if self.last_val:
+                    meta["esrgan.val_psnr"] = f"{self.last_val['val_psnr']:.4f}"
+                    meta["esrgan.val_psnr_bicubic"] = f"{self.last_val['val_psnr_bicubic']:.4f}"
+                path = self.run_dir / f"model_{it}.safetensors"
+                save_safetensors(self.ema.state_dict(), self.config.model, path, meta)
+                self._emit(Report("save", it, message=str(path)))
+            write_state(self.run_dir / STATE_FILE, self.state())
+        self.dist.barrier()
+
+    def _log(self, entry: dict[str, float], kind: Literal["step", "val"]) -> None:
+        if self.dist.main:
+            append_log(self.run_dir, entry)
+            values = {k: v for k, v in entry.items() if k != "iter"}
+            self._emit(Report(kind, self.iteration, values))
+
+    def _emit(self, report: Report) -> None:
+        if self._report is not None:
+            self._report(report)
+
+
+def _bce(logits: torch.Tensor, target: float) -> torch.Tensor:
+    return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, target))
