@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, safe_open, save_file
+from safetensors.torch import load, save_file
 
 from esrgan_cli.arch import RRDBConfig, RRDBNet
 from esrgan_cli.atomic import atomic_write
@@ -85,9 +85,15 @@ def _scale_from_name(path: Path) -> int | None:
 
 def _load_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = dict(f.metadata() or {})
-        return load_file(str(path)), meta
+        # Read by Python, not by the library's own reader: a Ctrl-C during the read then stays a KeyboardInterrupt
+        # (exit 130), where the library reported the interrupted read as an unreadable file.
+        data = path.read_bytes()
+        size = int.from_bytes(data[:8], "little")
+        header = json.loads(data[8:8 + size]) if 0 < size <= len(data) - 8 else None
+        if not isinstance(header, dict):
+            raise ValueError("no safetensors header")
+        meta = header.get("__metadata__") or {}
+        return load(data), {str(k): str(v) for k, v in meta.items()}
     except (SafetensorError, OSError, ValueError) as e:
         raise WeightsError(f"{path}: not a readable safetensors file ({first_line(e)})") from None
 

@@ -19,8 +19,8 @@ from safetensors.torch import load_file
 from test_cli import assert_one_line_error, esrgan
 from torch.utils.data import DataLoader
 
-from esrgan_cli import cli_train
 from esrgan_cli.arch import INIT_SCHEMES, RRDBConfig
+from esrgan_cli.cli import train as cli_train
 from esrgan_cli.resize import imresize
 from esrgan_cli.training.build import build_trainer
 from esrgan_cli.training.config import PerceptualInput, Precision, Stage, TrainConfig, WeightInit

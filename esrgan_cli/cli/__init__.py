@@ -11,7 +11,7 @@ import sys
 import click
 
 from esrgan_cli import __version__
-from esrgan_cli.cli import models, upscale
+from esrgan_cli.cli import models, train, upscale
 from esrgan_cli.cli.common import say
 from esrgan_cli.errors import EsrganError
 
@@ -31,14 +31,8 @@ def cli() -> None:
     """
 
 
-def _register() -> None:
-    from esrgan_cli import cli_train
-
-    for module in (upscale, models, cli_train):
-        module.register(cli)
-
-
-_register()
+for _module in (upscale, models, train):
+    _module.register(cli)
 
 
 def main() -> None:

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from esrgan_cli.cli.common import say
 from esrgan_cli.errors import EsrganError
 
 if TYPE_CHECKING:  # the modules themselves are imported when a command runs, so that --help stays fast
@@ -24,10 +25,6 @@ PRECISION_CHOICES = ("fp32", "bf16", "fp16")
 WEIGHT_INIT_CHOICES = ("interp", "paper")
 PERCEPTUAL_INPUT_CHOICES = ("auto", "imagenet-rgb", "caffe-bgr")
 VGG_LAYER_CHOICES = tuple(f"conv{b}_{i}" for b, n in ((1, 2), (2, 2), (3, 4), (4, 4), (5, 4)) for i in range(1, n + 1))
-
-
-def _say(message: str) -> None:
-    click.echo(f"esrgan: {message}", err=True)
 
 
 def _milestones(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, ...] | None:
@@ -163,10 +160,10 @@ def train(ctx: click.Context, stage: Stage, data: Path | None, run_dir: Path, va
         bar.start(trainer.iteration)
         finished = trainer.run(stop.is_set)
     if not finished:
-        _say(f"interrupted at iteration {trainer.iteration}; the state is saved: rerun with --resume")
+        say(f"interrupted at iteration {trainer.iteration}; the state is saved: rerun with --resume")
         raise KeyboardInterrupt
     if dist_ctx.main and not quiet:
-        _say(f"done: {config.iters} iterations; model in {run_dir / f'model_{config.iters}.safetensors'}")
+        say(f"done: {config.iters} iterations; model in {run_dir / f'model_{config.iters}.safetensors'}")
 
 
 def _init_architecture(ctx: click.Context, init_path: Path, given: RRDBConfig) -> RRDBConfig:
@@ -223,7 +220,7 @@ class _StopFlag:
         if self.requested:  # a second Ctrl-C: stop now
             raise KeyboardInterrupt
         self.requested = True
-        _say("stopping after this iteration (Ctrl-C again to abort without saving)")
+        say("stopping after this iteration (Ctrl-C again to abort without saving)")
 
     def __enter__(self) -> _StopFlag:
         self._previous = signal.signal(signal.SIGINT, self._handle)
@@ -292,7 +289,7 @@ class _TrainProgress:
         if self.bar is not None:
             self.bar.console.print(f"esrgan: {message}", markup=False, highlight=False)
         else:
-            _say(message)
+            say(message)
 
     def __exit__(self, *exc: object) -> None:
         if self.bar is not None:
