@@ -94,3 +94,40 @@ def atomic_write(path: Path) -> Iterator[Path]:
         if isinstance(e, OSError):
             raise write_failure(path, e) from None
         raise
+
+
+LOCK_NAME = ".esrgan.lock"
+
+
+class FolderBusyError(OutputWriteError):
+    """Another esrgan batch is writing into the same output folder."""
+
+
+@contextmanager
+def folder_lock(folder: Path) -> Iterator[Path]:
+    """Hold an exclusive lock on `folder/.esrgan.lock` for the block, or refuse at once if another process has it.
+
+    Two batches into one folder would both write every output and interleave their journal lines. The lock is
+    an `flock`, so the kernel drops it when the holder exits, however it exits; the file itself stays.
+    """
+    path = Path(folder) / LOCK_NAME
+    try:
+        import fcntl
+    except ImportError:  # Windows: no flock; the journal's whole-line appends are the only guard there
+        yield path
+        return
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as e:
+        raise write_failure(path, e, "cannot create the lock file") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise FolderBusyError(f"{folder}: another esrgan batch is writing into this folder (lock {path} is "
+                                  "held); wait for it to finish, or choose another output folder") from None
+        except OSError:
+            pass  # a file system without locks (some network mounts): go on unguarded, as before
+        yield path
+    finally:
+        os.close(fd)

@@ -7,9 +7,9 @@ grayscale stays 16-bit where the output format allows. Writes are atomic.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import struct
-import warnings
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,8 +18,9 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from esrgan_cli.atomic import atomic_write
+from esrgan_cli.capture import decoder_messages, summarise
 from esrgan_cli.defaults import FORMATS, LUMA_WEIGHTS
-from esrgan_cli.errors import ImageReadError, ImageWriteError, first_line
+from esrgan_cli.errors import EsrganError, ImageReadError, ImageWriteError, first_line
 from esrgan_cli.tiling import to_canvas_dtype
 
 SIXTEEN_BIT_FORMATS = {"PNG", "TIFF"}
@@ -38,6 +39,7 @@ class LoadedImage:
     cmyk: bool
     icc_profile: bytes | None
     exif: bytes | None
+    notes: tuple[str, ...] = ()  # what the decoder warned about, for the user
 
     @property
     def height(self) -> int:
@@ -57,24 +59,39 @@ def output_format(path: Path) -> str:
 
 
 def read_image(path: Path, max_pixels: int | None = None) -> LoadedImage:
-    """Decode `path` fully; any problem becomes an ImageReadError with a one-line reason."""
+    """Decode `path` fully; any problem, whatever the decoder raises, becomes an ImageReadError with a one-line
+    reason (the original exception is its `__cause__`). What the decoder warned about, and what C libraries
+    printed meanwhile, become one line in `notes`."""
     path = Path(path)
-    limit = max_pixels if max_pixels is not None else Image.MAX_IMAGE_PIXELS
     if not path.exists():
         raise ImageReadError(f"{path}: no such file")
     if not path.is_file():
         raise ImageReadError(f"{path}: not a file")
+    said: list[str] = []
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                w, h = img.size
-                if limit and w * h > limit:
-                    raise ImageReadError(_too_large(path, w, h, limit))
-                if w == 0 or h == 0:
-                    raise ImageReadError(f"{path}: the image is empty ({w}×{h})")
-                img.load()
-                return from_pil(img, str(path))
+        with decoder_messages() as said:
+            image = _decode(path, max_pixels)
+    except ImageReadError as e:
+        if (why := summarise(said, 120)) is None:
+            raise
+        raise ImageReadError(f"{e}; {why}") from e.__cause__
+    note = summarise(said)
+    return dataclasses.replace(image, notes=(*image.notes, note)) if note else image
+
+
+def _decode(path: Path, max_pixels: int | None) -> LoadedImage:
+    limit = max_pixels if max_pixels is not None else Image.MAX_IMAGE_PIXELS
+    try:
+        with Image.open(path) as img:
+            w, h = img.size
+            if limit and w * h > limit:
+                raise ImageReadError(_too_large(path, w, h, limit))
+            if w == 0 or h == 0:
+                raise ImageReadError(f"{path}: the image is empty ({w}×{h})")
+            img.load()
+            return from_pil(img, str(path))
+    except EsrganError:
+        raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ImageReadError(f"{path}: over Pillow's decompression-bomb pixel limit ({limit:,} pixels)") from None
     except PermissionError:
@@ -83,7 +100,13 @@ def read_image(path: Path, max_pixels: int | None = None) -> LoadedImage:
         kind = "empty file" if path.stat().st_size == 0 else "not an image Pillow can read"
         raise ImageReadError(f"{path}: {kind}") from None
     except _DECODE_ERRORS as e:
-        raise ImageReadError(f"{path}: cannot decode ({first_line(e, 160)})") from None
+        raise ImageReadError(f"{path}: cannot decode ({first_line(e, 160)})") from e
+    except MemoryError as e:
+        raise ImageReadError(f"{path}: out of memory while decoding") from e
+    except NotImplementedError as e:
+        raise ImageReadError(f"{path}: Pillow cannot decode this variant ({first_line(e, 160)})") from e
+    except Exception as e:  # a decoder may raise anything; one file must never take the program down
+        raise ImageReadError(f"{path}: cannot decode ({type(e).__name__}: {first_line(e, 160)})") from e
 
 
 def _too_large(path: Path, w: int, h: int, limit: int) -> str:

@@ -9,12 +9,12 @@ from typing import TYPE_CHECKING, cast
 
 import click
 
-from esrgan_cli.cli.common import ProgressBar, TileParam, say
+from esrgan_cli.cli.common import ProgressBar, TileParam, debug_traceback, notes_line, say
 from esrgan_cli.defaults import DEFAULT_MAX_OUTPUT_PIXELS, DEFAULT_OVERLAP, DEFAULT_QUALITY, IMAGE_SUFFIXES
 from esrgan_cli.errors import EsrganError
 
 if TYPE_CHECKING:
-    from esrgan_cli.batch import BatchOptions
+    from esrgan_cli.batch import BatchOptions, Job
     from esrgan_cli.device import Precision
     from esrgan_cli.engine import Upscaler
     from esrgan_cli.pipeline import AlphaMode, UpscaleOptions
@@ -155,8 +155,8 @@ def _upscale_one(input_path: Path, output_path: Path, run: Run) -> None:
     notes = list(result.notes)
     write_image(result.image, output_path, fmt, image, run.quality, notes)
     if not run.quiet:
-        for note in notes:
-            say(f"note: {note}")
+        if line := notes_line(str(input_path), notes):
+            say(line)
         w, h = result.image.size
         tiles = "whole image" if result.model_calls == 1 else f"{result.model_calls} tiles"
         retried = f", {result.fp32_retries} tiles recomputed in fp32" if result.fp32_retries else ""
@@ -168,17 +168,28 @@ def _upscale_one(input_path: Path, output_path: Path, run: Run) -> None:
 
 
 def _upscale_many(paths: tuple[str, ...], outdir: Path, run: Run, batch: BatchOptions) -> None:
-    import dataclasses
-    import time
-
-    from esrgan_cli.batch import Journal, Outcome, collect_jobs, pixel_options, plan_batch, run_batch, write_report
-    from esrgan_cli.hashing import sha256_of
-    from esrgan_cli.pipeline import batch_stages
+    from esrgan_cli.atomic import folder_lock
+    from esrgan_cli.batch import collect_jobs
 
     if outdir.exists() and not outdir.is_dir():
         raise EsrganError(f"{outdir}: not a folder (with several inputs, -o names the output folder)")
     jobs, ignored = collect_jobs(paths, outdir, batch.recursive, batch.format, batch.suffix)
-    outdir.mkdir(parents=True, exist_ok=True)
+    try:
+        outdir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise EsrganError(f"{outdir}: cannot create the output folder ({e.strerror or e})") from None
+    with folder_lock(outdir):
+        _run_batch(jobs, ignored, outdir, run, batch)
+
+
+def _run_batch(jobs: list[Job], ignored: int, outdir: Path, run: Run, batch: BatchOptions) -> None:
+    import dataclasses
+    import time
+
+    from esrgan_cli.batch import Journal, Outcome, pixel_options, plan_batch, run_batch, write_report
+    from esrgan_cli.hashing import sha256_of
+    from esrgan_cli.pipeline import batch_stages
+
     upscaler, source = _load_upscaler(run)
     model_sha = sha256_of(upscaler.weights.path)
     pixels = pixel_options(dataclasses.asdict(run.options), run.quality,
@@ -196,7 +207,10 @@ def _upscale_many(paths: tuple[str, ...], outdir: Path, run: Run, batch: BatchOp
 
         def on_done(outcome: Outcome) -> None:
             if outcome.error:
+                debug_traceback(outcome.exception)
                 progress.say(f"failed: {outcome.error}")
+            elif not run.quiet and (line := notes_line(str(outcome.job.src), outcome.notes)):
+                progress.say(line)
             if advance:
                 advance(1, len(todo))
 
@@ -208,6 +222,9 @@ def _upscale_many(paths: tuple[str, ...], outdir: Path, run: Run, batch: BatchOp
     mpx = sum(o.megapixels for o in outcomes if not o.error)
     if batch.report is not None:
         write_report(batch.report, plan, outcomes, source, model_sha, seconds)
+    if any(o.stops_batch for o in outcomes):
+        say(f"stopped: {len(todo) - len(outcomes)} files not started; free space and run the same command again "
+            f"to resume (the journal in {outdir} keeps what is done)")
     if not run.quiet or failed:
         say(f"done {done}, skipped {len(plan.skipped)}, failed {len(failed)} in {seconds:.1f} s "
             f"({mpx / seconds if seconds > 0 else 0:.3f} input Mpx/s)")
