@@ -112,7 +112,7 @@ class BatchPlan:
 
 def pixel_options(options: dict[str, Any], quality: int, dtype: str) -> dict[str, Any]:
     """What the journal compares to decide whether an output is still valid: every option that changes pixels."""
-    kept = {k: v for k, v in options.items() if k != "max_output_pixels"}
+    kept = {k: v for k, v in options.items() if k not in ("max_output_pixels", "alpha_loss")}
     return {**kept, "quality": quality, "dtype": dtype}
 
 

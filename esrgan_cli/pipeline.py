@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 Progress = Callable[[int, int], None]
 """(input pixels just finished, total input pixels of this image)"""
 AlphaMode = Literal["resize", "model"]
+AlphaLoss = Literal["drop", "refuse"]
 ImageT = TypeVar("ImageT", Image.Image, np.ndarray)
 
 
@@ -48,6 +49,7 @@ class UpscaleOptions:
     overlap: int = DEFAULT_OVERLAP
     outscale: float | None = None
     alpha: AlphaMode = "resize"  # transparency resized (bilinear), or upscaled by the model too
+    alpha_loss: AlphaLoss = "drop"  # an output format without alpha: drop it with a note, or refuse the file
     max_output_pixels: int = DEFAULT_MAX_OUTPUT_PIXELS  # 0: no limit
     tta: bool = False  # 8-fold self-ensemble
 
@@ -131,10 +133,12 @@ def upscale_image(
     start = time.perf_counter()
     check_size(image, upscaler.scale, options)
     retries_before = upscaler.fp32_retries
-    dtype = np.dtype(np.uint16 if output_bit_depth(image, fmt) == 16 else np.uint8)
+    dtype = np.dtype({8: np.uint8, 16: np.uint16, 32: np.float32}[output_bit_depth(image, fmt)])
+    if image.alpha is not None and options.alpha_loss == "refuse":
+        compose(np.zeros((1, 1, 3), dtype), image.alpha[:1, :1], image, fmt, [], True)  # refuse before any work
     planes = upscale_planes(image, upscaler, options, dtype, progress)
     notes: list[str] = list(image.notes)
-    result = compose(planes.rgb, planes.alpha, image, fmt, notes)
+    result = compose(planes.rgb, planes.alpha, image, fmt, notes, options.alpha_loss == "refuse")
     blocks = planes.blocks
     del planes
     size = final_size(image.width, image.height, upscaler.scale, options.outscale)

@@ -185,4 +185,4 @@ def test_pixel_limit(tmp_path: Path) -> None:
 
 def test_unknown_output_format() -> None:
     with pytest.raises(ImageWriteError, match="unknown output format"):
-        output_format(Path("x.gif"))
+        output_format(Path("x.heic"))

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from esrgan_cli.batch import BatchOptions, Job
     from esrgan_cli.device import Precision
     from esrgan_cli.engine import Upscaler
-    from esrgan_cli.pipeline import AlphaMode, UpscaleOptions
+    from esrgan_cli.pipeline import AlphaLoss, AlphaMode, UpscaleOptions
 
 
 def register(group: click.Group) -> None:
@@ -27,7 +27,7 @@ def register(group: click.Group) -> None:
 @click.command()
 @click.argument("paths", metavar="PATH...", nargs=-1, required=True)
 @click.option("-o", "--output", "output_path", required=True, type=click.Path(path_type=Path),
-              help="Output file (its extension picks the format: png, jpg, webp, tiff, bmp), or the output folder "
+              help="Output file (its extension picks the format: png, jpg, webp, tiff, bmp, gif), or the output folder "
                    "when there are several inputs, a folder, or a glob.")
 @click.option("-m", "--model", default=None, metavar="M",
               help="Registry name, local .safetensors/.pth/.pt/.ckpt file, or hf:OWNER/REPO/FILE[@REV]. "
@@ -47,11 +47,13 @@ def register(group: click.Group) -> None:
               help="JPEG/WebP quality.")
 @click.option("--alpha", "alpha_mode", type=click.Choice(["resize", "model"]), default="resize",
               show_default=True, help="Transparency: resized, or upscaled by the model too.")
+@click.option("--alpha-loss", type=click.Choice(["drop", "refuse"]), default="drop", show_default=True,
+              help="An output format without alpha (jpg) for a transparent image: drop it with a note, or refuse.")
 @click.option("--tta", is_flag=True, help="8-fold self-ensemble (flips and rotations): slightly better, ~8x slower.")
 @click.option("--max-output-pixels", type=click.IntRange(min=0), default=DEFAULT_MAX_OUTPUT_PIXELS,
               show_default=True, help="Refuse outputs larger than this (0: no limit).")
 @click.option("-r", "--recursive", is_flag=True, help="Batch: walk subfolders and mirror the tree under the output.")
-@click.option("--format", "out_format", type=click.Choice(["png", "jpg", "webp", "tiff"]), default=None,
+@click.option("--format", "out_format", type=click.Choice(["png", "jpg", "webp", "tiff", "gif"]), default=None,
               help="Batch: output format (default: keep each input's).")
 @click.option("--suffix", default="", metavar="TEXT", help="Batch: added to each output's name, e.g. _x4.")
 @click.option("--overwrite", is_flag=True, help="Batch: redo outputs that the journal says are done.")
@@ -60,8 +62,9 @@ def register(group: click.Group) -> None:
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary; errors still go to stderr.")
 def upscale(
     paths: tuple[str, ...], output_path: Path, model: str | None, tile: int | None, overlap: int, device: str,
-    precision: str, outscale: float | None, quality: int, alpha_mode: str, tta: bool, max_output_pixels: int,
-    recursive: bool, out_format: str | None, suffix: str, overwrite: bool, report: Path | None, quiet: bool,
+    precision: str, outscale: float | None, quality: int, alpha_mode: str, alpha_loss: str, tta: bool,
+    max_output_pixels: int, recursive: bool, out_format: str | None, suffix: str, overwrite: bool,
+    report: Path | None, quiet: bool,
 ) -> None:
     """Upscale images: one file into -o FILE, or many into the folder -o OUTDIR.
 
@@ -82,6 +85,7 @@ def upscale(
     from esrgan_cli.pipeline import UpscaleOptions
 
     options = UpscaleOptions(tile=tile, overlap=overlap, outscale=outscale, alpha=cast("AlphaMode", alpha_mode),
+                             alpha_loss=cast("AlphaLoss", alpha_loss),
                              max_output_pixels=max_output_pixels, tta=tta)
     single = _is_single(paths, output_path)
     run = Run(model=model, device=device, precision=cast("Precision", precision), options=options,
