@@ -16,7 +16,7 @@ from PIL import Image
 from esrgan_cli.atomic import atomic_write
 from esrgan_cli.decode import LoadedImage, from_pil, read_image
 from esrgan_cli.defaults import FORMATS, LUMA_WEIGHTS
-from esrgan_cli.errors import ImageWriteError
+from esrgan_cli.errors import ImageWriteError, first_line
 from esrgan_cli.tiling import to_canvas_dtype
 
 __all__ = ["LoadedImage", "from_pil", "read_image"]  # decoding lives in decode.py; re-exported for callers
@@ -147,7 +147,28 @@ def write_image(
     if fmt in ("JPEG", "WEBP"):
         params["quality"] = quality
     with atomic_write(path) as tmp:
+        _save(img, tmp, fmt, params, notes)
+
+
+def _save(img: Image.Image, tmp: Path, fmt: str, params: dict[str, object], notes: list[str]) -> None:
+    """Encode; metadata the encoder cannot take (damaged EXIF) is left out with a note. OSError (a full disk)
+    goes to atomic_write; any other encoder failure is one ImageWriteError line."""
+    try:
         img.save(tmp, format=fmt, **params)
+        return
+    except OSError:
+        raise
+    except Exception as e:  # an encoder may raise anything on damaged metadata
+        if "exif" not in params and "icc_profile" not in params:
+            raise ImageWriteError(f"cannot encode as {fmt} ({type(e).__name__}: {first_line(e, 160)})") from e
+    notes.append("its EXIF or colour profile is damaged and was not copied")
+    kept = {k: v for k, v in params.items() if k not in ("exif", "icc_profile")}
+    try:
+        img.save(tmp, format=fmt, **kept)
+    except OSError:
+        raise
+    except Exception as e:
+        raise ImageWriteError(f"cannot encode as {fmt} ({type(e).__name__}: {first_line(e, 160)})") from e
 
 
 def contact_sheet(images: list[Image.Image], labels: list[str], gap: int = 8) -> Image.Image:

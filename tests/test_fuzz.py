@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageCms
 from test_cli import esrgan
@@ -113,7 +113,9 @@ def no_temp_files(folder: Path) -> None:
     assert not [p for p in folder.rglob("*") if p.name.endswith(".tmp")]
 
 
+# Bounded for a busy 2-core machine: a fixed number of cases, no shrinking (a failure prints its full case).
 SETTINGS = settings(max_examples=60, deadline=None, derandomize=True, database=None,
+                    phases=[Phase.explicit, Phase.generate],
                     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
 
@@ -134,7 +136,7 @@ def test_fuzz_single(c: dict[str, object], monkeypatch: pytest.MonkeyPatch, caps
     CASES["single"] += 1
 
 
-@SETTINGS
+@settings(SETTINGS, max_examples=40)
 @given(cs=st.lists(case, min_size=2, max_size=4))
 def test_fuzz_batch(cs: list[dict[str, object]], monkeypatch: pytest.MonkeyPatch,
                     capsys: pytest.CaptureFixture[str], tiny_weights: Path) -> None:
@@ -172,3 +174,17 @@ def test_fuzz_a_few_in_real_processes(tiny_weights: Path, tmp_path: Path) -> Non
     no_temp_files(tmp_path)
     print(f"\nfuzz: {CASES['single']} single-file cases, {CASES['batch']} batch cases in process, "
           "2 real processes over 8 files", file=sys.stderr)
+
+
+def test_damaged_exif_is_left_out_with_a_note(monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture[str], tiny_weights: Path,
+                                              tmp_path: Path) -> None:
+    """Found by the batch fuzz: a JPEG whose EXIF header is broken made the TIFF encoder raise SyntaxError."""
+    from test_decode import run_cli
+
+    c = {"mode": "1", "size": (1, 1), "container": "jpg", "orientation": 1, "icc": False, "damage": "header",
+         "where": 1.0, "value": 0, "seed": 0}
+    src = make_file(tmp_path, "x", c)
+    code, err = run_cli(monkeypatch, capsys, "upscale", src, "-o", tmp_path / "o.tif", "--model", tiny_weights)
+    assert code == 0 and "EXIF or colour profile is damaged and was not copied" in err, err
+    assert Image.open(tmp_path / "o.tif").size == (4, 4)
