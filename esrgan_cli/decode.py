@@ -74,7 +74,8 @@ def _decode(path: Path, max_pixels: int | None) -> LoadedImage:
             if w == 0 or h == 0:
                 raise ImageReadError(f"{path}: the image is empty ({w}×{h})")
             img.load()
-            return from_pil(img, str(path))
+            image = from_pil(img, str(path))
+            frames = _frame_count(img)
     except EsrganError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
@@ -92,6 +93,17 @@ def _decode(path: Path, max_pixels: int | None) -> LoadedImage:
         raise ImageReadError(f"{path}: Pillow cannot decode this variant ({first_line(e, 160)})") from e
     except Exception as e:  # a decoder may raise anything; one file must never take the program down
         raise ImageReadError(f"{path}: cannot decode ({type(e).__name__}: {first_line(e, 160)})") from e
+    if frames > 1:  # every frame is not upscaled yet: say so rather than drop them silently
+        note = f"it has {frames} frames or pages; only the first is upscaled"
+        return dataclasses.replace(image, notes=(*image.notes, note))
+    return image
+
+
+def _frame_count(img: Image.Image) -> int:
+    try:
+        return int(getattr(img, "n_frames", 1))
+    except Exception:  # counting frames reads the whole file; a damaged tail only means we cannot say
+        return 1
 
 
 def _too_large(path: Path, w: int, h: int, limit: int) -> str:
