@@ -147,10 +147,10 @@ def write_image(
     if fmt in ("JPEG", "WEBP"):
         params["quality"] = quality
     with atomic_write(path) as tmp:
-        _save(img, tmp, fmt, params, notes)
+        _save(img, tmp, fmt, params, notes, path)
 
 
-def _save(img: Image.Image, tmp: Path, fmt: str, params: dict[str, object], notes: list[str]) -> None:
+def _save(img: Image.Image, tmp: Path, fmt: str, params: dict[str, object], notes: list[str], path: Path) -> None:
     """Encode; metadata the encoder cannot take (damaged EXIF) is left out with a note. OSError (a full disk)
     goes to atomic_write; any other encoder failure is one ImageWriteError line."""
     try:
@@ -160,7 +160,7 @@ def _save(img: Image.Image, tmp: Path, fmt: str, params: dict[str, object], note
         raise
     except Exception as e:  # an encoder may raise anything on damaged metadata
         if "exif" not in params and "icc_profile" not in params:
-            raise ImageWriteError(f"cannot encode as {fmt} ({type(e).__name__}: {first_line(e, 160)})") from e
+            raise ImageWriteError(f"{path}: cannot encode as {fmt} ({type(e).__name__}: {first_line(e, 160)})") from e
     notes.append("its EXIF or colour profile is damaged and was not copied")
     kept = {k: v for k, v in params.items() if k not in ("exif", "icc_profile")}
     try:
@@ -168,7 +168,7 @@ def _save(img: Image.Image, tmp: Path, fmt: str, params: dict[str, object], note
     except OSError:
         raise
     except Exception as e:
-        raise ImageWriteError(f"cannot encode as {fmt} ({type(e).__name__}: {first_line(e, 160)})") from e
+        raise ImageWriteError(f"{path}: cannot encode as {fmt} ({type(e).__name__}: {first_line(e, 160)})") from e
 
 
 def contact_sheet(images: list[Image.Image], labels: list[str], gap: int = 8) -> Image.Image:
