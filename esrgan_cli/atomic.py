@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from esrgan_cli.errors import OutputWriteError, first_line
+from esrgan_cli.errors import DiskFullError, OutputWriteError, first_line
+
+_UMASK_LOCK = threading.Lock()
+FULL_ERRNOS = frozenset({errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG})
 
 
 def check_folder(path: Path) -> Path:
@@ -33,25 +38,96 @@ def _reason(e: OSError) -> str:
     return e.strerror or first_line(e)
 
 
+def current_umask() -> int:
+    """The process umask, read without changing it where the OS allows (Linux's /proc), else set and restored."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    with _UMASK_LOCK:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+def write_failure(path: Path, e: OSError, doing: str = "cannot write") -> OutputWriteError:
+    """An OSError while writing `path` as a one-line error; a full disk (or quota) is a DiskFullError."""
+    if e.errno in FULL_ERRNOS:
+        return DiskFullError(f"{path}: {doing} ({_reason(e)}): the disk is full; free space and run again")
+    return OutputWriteError(f"{path}: {doing} ({_reason(e)})")
+
+
+def _give_umask_mode(path: str) -> None:
+    if os.name != "posix":
+        return  # Windows has no modes to fix
+    try:
+        os.chmod(path, 0o666 & ~current_umask())
+    except OSError:
+        pass  # a file system without modes (some network or FAT mounts): its default is what the user gets
+
+
 @contextmanager
 def atomic_write(path: Path) -> Iterator[Path]:
     """Yield a temp path in the target's folder; on success it replaces `path`, on any failure it is removed.
 
     The temp file is in the same folder so the final `os.replace` is a rename on one
     file system: readers see the old file or the complete new one, never a partial one.
+    `mkstemp` creates the file 0600; before the rename it is given the mode a plain `open` would (0666 less
+    the umask), also when the writer replaced the temp file with its own (safetensors does).
     """
     path = Path(path)
     folder = check_folder(path)
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
     except OSError as e:
-        raise OutputWriteError(f"{path}: cannot write there ({_reason(e)})") from None
+        raise write_failure(path, e, "cannot write there") from None
     os.close(fd)
     try:
         yield Path(tmp)
+        _give_umask_mode(tmp)
         os.replace(tmp, path)
     except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
         if isinstance(e, OSError):
-            raise OutputWriteError(f"{path}: cannot write ({_reason(e)})") from None
+            raise write_failure(path, e) from None
         raise
+
+
+LOCK_NAME = ".esrgan.lock"
+
+
+class FolderBusyError(OutputWriteError):
+    """Another esrgan batch is writing into the same output folder."""
+
+
+@contextmanager
+def folder_lock(folder: Path) -> Iterator[Path]:
+    """Hold an exclusive lock on `folder/.esrgan.lock` for the block, or refuse at once if another process has it.
+
+    Two batches into one folder would both write every output and interleave their journal lines. The lock is
+    an `flock`, so the kernel drops it when the holder exits, however it exits; the file itself stays.
+    """
+    path = Path(folder) / LOCK_NAME
+    try:
+        import fcntl
+    except ImportError:  # Windows: no flock; the journal's whole-line appends are the only guard there
+        yield path
+        return
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as e:
+        raise write_failure(path, e, "cannot create the lock file") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise FolderBusyError(f"{folder}: another esrgan batch is writing into this folder (lock {path} is "
+                                  "held); wait for it to finish, or choose another output folder") from None
+        except OSError:
+            pass  # a file system without locks (some network mounts): go on unguarded, as before
+        yield path
+    finally:
+        os.close(fd)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from esrgan_cli.defaults import FORMAT_SUFFIXES, IMAGE_SUFFIXES
-from esrgan_cli.errors import EsrganError
+from esrgan_cli.errors import DiskFullError, EsrganError
 from esrgan_cli.hashing import sha256_of
 
 JOURNAL_NAME = ".esrgan-journal.jsonl"
@@ -62,6 +62,8 @@ def collect_jobs(
                 for f in sorted(walker):
                     if not f.is_file() or Path(os.path.abspath(f)).is_relative_to(outdir_abs):
                         continue  # earlier outputs inside an input folder are not inputs
+                    if f.name.startswith(".esrgan"):
+                        continue  # our journal and lock file
                     if f.suffix.lower() in IMAGE_SUFFIXES:
                         pairs.append((f, f.relative_to(path)))
                     else:
@@ -110,7 +112,7 @@ class BatchPlan:
 
 def pixel_options(options: dict[str, Any], quality: int, dtype: str) -> dict[str, Any]:
     """What the journal compares to decide whether an output is still valid: every option that changes pixels."""
-    kept = {k: v for k, v in options.items() if k != "max_output_pixels"}
+    kept = {k: v for k, v in options.items() if k not in ("max_output_pixels", "alpha_loss")}
     return {**kept, "quality": quality, "dtype": dtype}
 
 
@@ -176,13 +178,32 @@ class Journal:
         entry = {"output": job.key, "input": str(job.src), "input_sha256": input_sha256,
                  "model_sha256": model_sha256, "options": options, "output_size": job.dst.stat().st_size,
                  "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        line = json.dumps(entry, sort_keys=True) + "\n"
+        line = (json.dumps(entry, sort_keys=True) + "\n").encode("utf-8")
         with self._lock:
-            with open(self.path, "a", encoding="utf-8") as f:
-                f.write(line)
-                f.flush()
-                os.fsync(f.fileno())
+            self._append(line)
             self.entries[job.key] = entry
+
+    def _append(self, line: bytes) -> None:
+        """Append one whole line, or nothing: a write that fails (a full disk) is cut back off."""
+        from esrgan_cli.atomic import write_failure
+
+        try:
+            with open(self.path, "a+b", buffering=0) as f:
+                size = f.seek(0, os.SEEK_END)
+                if size:
+                    f.seek(size - 1)
+                    if f.read(1) != b"\n":
+                        line = b"\n" + line  # a line cut short by a crash stays on its own line
+                try:
+                    view = memoryview(line)
+                    while view:
+                        view = view[f.write(view) or 0:]
+                    os.fsync(f.fileno())
+                except OSError:
+                    f.truncate(size)
+                    raise
+        except OSError as e:
+            raise write_failure(self.path, e, "cannot record in the journal") from None
 
 
 D = TypeVar("D")
@@ -194,21 +215,47 @@ class Outcome:
     job: Job
     error: str | None = None
     megapixels: float = 0.0
+    notes: tuple[str, ...] = ()  # what the user should know about this file (decoder warnings, dropped alpha)
+    exception: EsrganError | None = None  # the failure itself, for --debug
+
+    @property
+    def stops_batch(self) -> bool:
+        """A full disk stops the batch: every later write would fail the same way."""
+        return isinstance(self.exception, DiskFullError)
+
+
+@dataclass(frozen=True)
+class Written:
+    """What the encode stage reports: input megapixels processed and notes for the user."""
+
+    megapixels: float
+    notes: tuple[str, ...] = ()
 
 
 @dataclass
 class Stages(Generic[D, R]):
     decode: Callable[[Job], D]
     compute: Callable[[Job, D], R]
-    encode: Callable[[Job, D, R], float]  # returns input megapixels processed
+    encode: Callable[[Job, D, R], float | Written]  # input megapixels processed (and notes)
     on_done: Callable[[Outcome], None] = field(default=lambda o: None)
+
+
+def _done(job: Job, written: float | Written) -> Outcome:
+    if isinstance(written, Written):
+        return Outcome(job, megapixels=written.megapixels, notes=written.notes)
+    return Outcome(job, megapixels=written)
+
+
+def _failed(job: Job, e: EsrganError) -> Outcome:
+    return Outcome(job, str(e), exception=e)
 
 
 _END = object()
 
 
 def run_batch(jobs: list[Job], stages: Stages[D, R], overlap_io: bool = True, depth: int = 2) -> list[Outcome]:
-    """Run every job; an EsrganError fails that job only. Ctrl-C stops after the write in flight.
+    """Run every job; an EsrganError fails that job only, except a full disk, which stops the batch after that
+    job (what is written is in the journal, so a rerun resumes). Ctrl-C stops after the write in flight.
 
     With `overlap_io`, decoding the next image and encoding the previous one run
     on threads beside the model, through queues of `depth` items so memory
@@ -224,12 +271,15 @@ def run_batch(jobs: list[Job], stages: Stages[D, R], overlap_io: bool = True, de
         for job in jobs:
             try:
                 data = stages.decode(job)
-                finish(Outcome(job, megapixels=stages.encode(job, data, stages.compute(job, data))))
+                finish(_done(job, stages.encode(job, data, stages.compute(job, data))))
             except EsrganError as e:
-                finish(Outcome(job, str(e)))
+                finish(_failed(job, e))
+                if outcomes[-1].stops_batch:
+                    break
         return outcomes
 
     stop = threading.Event()
+    halt = threading.Event()  # a full disk: finish nothing more, keep what is written
     failure: list[BaseException] = []  # an unexpected error in a worker thread, re-raised in this one
     decoded: queue.Queue[Any] = queue.Queue(maxsize=depth)
     computed: queue.Queue[Any] = queue.Queue(maxsize=depth)
@@ -265,22 +315,28 @@ def run_batch(jobs: list[Job], stages: Stages[D, R], overlap_io: bool = True, de
         for job in jobs:
             if stop.is_set():
                 return
+            if halt.is_set():
+                break
             try:
                 item: Any = (job, stages.decode(job), None)
             except EsrganError as e:
-                item = (job, None, str(e))
+                item = (job, None, e)
             put(decoded, item)
         put(decoded, _END)
 
     def writer() -> None:
         while (item := get(computed)) is not _END:
             job, data, result = item
+            if halt.is_set():
+                continue  # dropped: not in the journal, so the rerun does it
             try:
-                outcome = Outcome(job, megapixels=stages.encode(job, data, result))
+                outcome = _done(job, stages.encode(job, data, result))
             except EsrganError as e:
-                outcome = Outcome(job, str(e))
+                outcome = _failed(job, e)
             with lock:
                 finish(outcome)
+            if outcome.stops_batch:
+                halt.set()
 
     threads = [threading.Thread(target=guarded(reader), daemon=True),
                threading.Thread(target=guarded(writer), daemon=True)]
@@ -289,14 +345,16 @@ def run_batch(jobs: list[Job], stages: Stages[D, R], overlap_io: bool = True, de
     try:
         while (item := get(decoded)) is not _END:
             job, data, error = item
+            if halt.is_set():
+                continue
             if error is None:
                 try:
                     put(computed, (job, data, stages.compute(job, data)))
                     continue
                 except EsrganError as e:
-                    error = str(e)
+                    error = e
             with lock:
-                finish(Outcome(job, error))
+                finish(_failed(job, error))
         put(computed, _END)
         threads[1].join()
     except BaseException:

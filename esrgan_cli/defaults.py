@@ -17,7 +17,8 @@ LUMA_WEIGHTS = (0.299, 0.587, 0.114)
 
 # Image file extensions esrgan reads and writes, and the Pillow format each one means.
 FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".tif": "TIFF", ".tiff": "TIFF",
+           ".gif": "GIF",
            ".bmp": "BMP"}
 IMAGE_SUFFIXES = tuple(FORMATS)
 # `--format` names → the extension a batch writes.
-FORMAT_SUFFIXES = {"png": ".png", "jpg": ".jpg", "webp": ".webp", "tiff": ".tiff"}
+FORMAT_SUFFIXES = {"png": ".png", "jpg": ".jpg", "webp": ".webp", "tiff": ".tiff", "gif": ".gif"}

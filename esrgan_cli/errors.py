@@ -15,6 +15,10 @@ class OutputWriteError(EsrganError):
     """An output (image, weights, report) cannot be written where the user asked."""
 
 
+class DiskFullError(OutputWriteError):
+    """The disk (or quota) filled up while writing; nothing partial was left. A batch stops here, resumable."""
+
+
 class ImageWriteError(OutputWriteError):
     """The output image cannot be written: unknown format, a folder in the way, the input itself."""
 

@@ -8,44 +8,23 @@ grayscale stays 16-bit where the output format allows. Writes are atomic.
 from __future__ import annotations
 
 import os
-import struct
-import warnings
-import zlib
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
 from esrgan_cli.atomic import atomic_write
+from esrgan_cli.decode import LoadedImage, from_pil, read_image
 from esrgan_cli.defaults import FORMATS, LUMA_WEIGHTS
-from esrgan_cli.errors import ImageReadError, ImageWriteError, first_line
+from esrgan_cli.errors import ImageWriteError, first_line
 from esrgan_cli.tiling import to_canvas_dtype
 
+__all__ = ["LoadedImage", "from_pil", "read_image"]  # decoding lives in decode.py; re-exported for callers
+
 SIXTEEN_BIT_FORMATS = {"PNG", "TIFF"}
-ALPHA_FORMATS = {"PNG", "WEBP", "TIFF", "BMP"}
+ALPHA_FORMATS = {"PNG", "WEBP", "TIFF", "BMP", "GIF"}
 CMYK_FORMATS = {"JPEG", "TIFF"}
-_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error, IndexError)
 _LUMA = np.array(LUMA_WEIGHTS, dtype=np.float32)
-
-
-@dataclass(frozen=True)
-class LoadedImage:
-    rgb: np.ndarray  # H×W×3 float32 in [0, 1]; grayscale replicated to three channels
-    alpha: np.ndarray | None  # H×W float32 in [0, 1]
-    grayscale: bool
-    bit_depth: int  # 8 or 16
-    cmyk: bool
-    icc_profile: bytes | None
-    exif: bytes | None
-
-    @property
-    def height(self) -> int:
-        return int(self.rgb.shape[0])
-
-    @property
-    def width(self) -> int:
-        return int(self.rgb.shape[1])
 
 
 def output_format(path: Path) -> str:
@@ -54,81 +33,6 @@ def output_format(path: Path) -> str:
         known = ", ".join(sorted({s.lstrip(".") for s in FORMATS}))
         raise ImageWriteError(f"{path}: unknown output format {Path(path).suffix!r} (use one of: {known})")
     return fmt
-
-
-def read_image(path: Path, max_pixels: int | None = None) -> LoadedImage:
-    """Decode `path` fully; any problem becomes an ImageReadError with a one-line reason."""
-    path = Path(path)
-    limit = max_pixels if max_pixels is not None else Image.MAX_IMAGE_PIXELS
-    if not path.exists():
-        raise ImageReadError(f"{path}: no such file")
-    if not path.is_file():
-        raise ImageReadError(f"{path}: not a file")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                w, h = img.size
-                if limit and w * h > limit:
-                    raise ImageReadError(_too_large(path, w, h, limit))
-                if w == 0 or h == 0:
-                    raise ImageReadError(f"{path}: the image is empty ({w}×{h})")
-                img.load()
-                return from_pil(img, str(path))
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageReadError(f"{path}: over Pillow's decompression-bomb pixel limit ({limit:,} pixels)") from None
-    except PermissionError:
-        raise ImageReadError(f"{path}: permission denied") from None
-    except UnidentifiedImageError:
-        kind = "empty file" if path.stat().st_size == 0 else "not an image Pillow can read"
-        raise ImageReadError(f"{path}: {kind}") from None
-    except _DECODE_ERRORS as e:
-        raise ImageReadError(f"{path}: cannot decode ({first_line(e, 160)})") from None
-
-
-def _too_large(path: Path, w: int, h: int, limit: int) -> str:
-    return f"{path}: {w}×{h} is {w * h:,} pixels, over the input limit of {limit:,} (a decompression bomb?)"
-
-
-def from_pil(img: Image.Image, label: str = "image") -> LoadedImage:
-    """A decoded Pillow image → planes, its EXIF orientation applied; `label` names it in errors."""
-    img = ImageOps.exif_transpose(img) or img
-    icc = img.info.get("icc_profile") or None
-    exif = img.info.get("exif") or None
-    mode = img.mode
-    if mode == "P":
-        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
-    elif mode == "PA":
-        img = img.convert("RGBA")
-    elif mode == "1":
-        img = img.convert("L")
-    elif mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
-        plane = np.asarray(img).astype(np.int64)
-        if plane.min() < 0 or plane.max() > 65535:
-            raise ImageReadError(f"{label}: 32-bit integer images are not supported")
-        gray = (plane.astype(np.float32) / 65535.0)[..., None]
-        return LoadedImage(np.repeat(gray, 3, axis=2), None, True, 16, False, icc, exif)
-    elif mode == "CMYK":
-        return LoadedImage(_unit(img.convert("RGB")), None, False, 8, True, icc, exif)
-    elif mode not in ("L", "LA", "RGB", "RGBA"):
-        try:
-            img = img.convert("RGB")
-        except ValueError:
-            raise ImageReadError(f"{label}: unsupported image mode {mode}") from None
-        icc = None  # the profile described the original colour space, not RGB
-    if img.mode in ("L", "LA"):
-        planes = _unit(img)
-        gray = planes[..., :1]
-        alpha = planes[..., 1] if img.mode == "LA" else None
-        return LoadedImage(np.repeat(gray, 3, axis=2), alpha, True, 8, False, icc, exif)
-    planes = _unit(img)
-    alpha = planes[..., 3] if img.mode == "RGBA" else None
-    return LoadedImage(np.ascontiguousarray(planes[..., :3]), alpha, False, 8, False, icc, exif)
-
-
-def _unit(img: Image.Image) -> np.ndarray:
-    arr = np.asarray(img, dtype=np.float32) / 255.0
-    return arr[..., None] if arr.ndim == 2 else arr
 
 
 def to_uint8(rgb: np.ndarray) -> np.ndarray:
@@ -147,6 +51,13 @@ def image_files(folder: Path) -> list[Path]:
 
 
 def output_bit_depth(image: LoadedImage, fmt: str) -> int:
+    """8, 16 (16-bit grayscale into PNG/TIFF) or 32 (a float image into TIFF)."""
+    if image.value_range is not None:
+        if fmt != "TIFF":
+            lo, hi = image.value_range
+            raise ImageWriteError(f"a 32-bit float image (values {lo:g} to {hi:g}) can only be written as TIFF, "
+                                  "which keeps that range; use a .tif output")
+        return 32
     return 16 if image.bit_depth == 16 and fmt in SIXTEEN_BIT_FORMATS else 8
 
 
@@ -172,26 +83,49 @@ def resize_alpha(plane: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def compose(
-    rgb: np.ndarray, alpha: np.ndarray | None, image: LoadedImage, fmt: str, notes: list[str]
+    rgb: np.ndarray, alpha: np.ndarray | None, image: LoadedImage, fmt: str, notes: list[str],
+    refuse_alpha_loss: bool = False,
 ) -> Image.Image:
-    """Output canvas (uint8 or uint16, H×W×3) + alpha → a Pillow image in the mode the input had."""
+    """Output canvas (uint8, uint16 or float32, H×W×3) + alpha → a Pillow image in the mode the input had.
+
+    Where `fmt` cannot hold the transparency it is dropped with a note, or refused (`refuse_alpha_loss`).
+    """
+    if image.value_range is not None:
+        lo, hi = image.value_range
+        return Image.fromarray((to_gray(rgb.astype(np.float32)) * (hi - lo) + lo).astype(np.float32), mode="F")
     if image.grayscale:
         gray = to_gray(rgb)
         if gray.dtype == np.uint16:
-            return Image.fromarray(gray)  # I;16
+            if alpha is None or fmt not in ALPHA_FORMATS:
+                _alpha_lost(alpha, fmt, notes, refuse_alpha_loss)
+                return Image.fromarray(gray)  # I;16
+            notes.append("16-bit grayscale with transparency is written as 8-bit (Pillow has no 16-bit grey + alpha)")
+            gray = np.rint(gray / 257.0).astype(np.uint8)
         base = Image.fromarray(gray)
     else:
         base = Image.fromarray(rgb)
-    if alpha is not None:
-        if fmt not in ALPHA_FORMATS:
-            notes.append(f"{fmt} has no alpha channel: transparency dropped")
-        else:
-            a = Image.fromarray(np.clip(np.rint(alpha * 255), 0, 255).astype(np.uint8))
-            base = base.convert("LA" if base.mode == "L" else "RGBA")
-            base.putalpha(a)
+    if alpha is not None and fmt in ALPHA_FORMATS:
+        a = Image.fromarray(np.clip(np.rint(alpha * 255), 0, 255).astype(np.uint8))
+        base = base.convert("LA" if base.mode == "L" else "RGBA")
+        base.putalpha(a)
+        if fmt == "BMP":
+            notes.append("BMP's alpha channel is ignored by most readers; png, webp or tiff keep transparency")
+        elif fmt == "GIF" and ((alpha > 0.01) & (alpha < 0.99)).any():
+            notes.append("GIF transparency is on or off: partial transparency was rounded")
+    else:
+        _alpha_lost(alpha, fmt, notes, refuse_alpha_loss)
     if image.cmyk and fmt in CMYK_FORMATS:
         base = base.convert("CMYK")
     return base
+
+
+def _alpha_lost(alpha: np.ndarray | None, fmt: str, notes: list[str], refuse: bool) -> None:
+    if alpha is None:
+        return
+    if refuse:
+        raise ImageWriteError(f"{fmt} has no alpha channel and the image is transparent; write png, webp or tiff, "
+                              "or pass --alpha-loss drop")
+    notes.append(f"{fmt} has no alpha channel: transparency dropped")
 
 
 def write_image(
@@ -213,7 +147,28 @@ def write_image(
     if fmt in ("JPEG", "WEBP"):
         params["quality"] = quality
     with atomic_write(path) as tmp:
+        _save(img, tmp, fmt, params, notes, path)
+
+
+def _save(img: Image.Image, tmp: Path, fmt: str, params: dict[str, object], notes: list[str], path: Path) -> None:
+    """Encode; metadata the encoder cannot take (damaged EXIF) is left out with a note. OSError (a full disk)
+    goes to atomic_write; any other encoder failure is one ImageWriteError line."""
+    try:
         img.save(tmp, format=fmt, **params)
+        return
+    except OSError:
+        raise
+    except Exception as e:  # an encoder may raise anything on damaged metadata
+        if "exif" not in params and "icc_profile" not in params:
+            raise ImageWriteError(f"{path}: cannot encode as {fmt} ({type(e).__name__}: {first_line(e, 160)})") from e
+    notes.append("its EXIF or colour profile is damaged and was not copied")
+    kept = {k: v for k, v in params.items() if k not in ("exif", "icc_profile")}
+    try:
+        img.save(tmp, format=fmt, **kept)
+    except OSError:
+        raise
+    except Exception as e:
+        raise ImageWriteError(f"{path}: cannot encode as {fmt} ({type(e).__name__}: {first_line(e, 160)})") from e
 
 
 def contact_sheet(images: list[Image.Image], labels: list[str], gap: int = 8) -> Image.Image:

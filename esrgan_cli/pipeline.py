@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 import numpy as np
 from PIL import Image
 
-from esrgan_cli.batch import Job, Journal, Stages
+from esrgan_cli.atomic import write_failure
+from esrgan_cli.batch import Job, Journal, Stages, Written
 from esrgan_cli.defaults import DEFAULT_MAX_OUTPUT_PIXELS, DEFAULT_OVERLAP
 from esrgan_cli.errors import ImageReadError
 from esrgan_cli.hashing import sha256_of
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
 Progress = Callable[[int, int], None]
 """(input pixels just finished, total input pixels of this image)"""
 AlphaMode = Literal["resize", "model"]
+AlphaLoss = Literal["drop", "refuse"]
 ImageT = TypeVar("ImageT", Image.Image, np.ndarray)
 
 
@@ -47,6 +49,7 @@ class UpscaleOptions:
     overlap: int = DEFAULT_OVERLAP
     outscale: float | None = None
     alpha: AlphaMode = "resize"  # transparency resized (bilinear), or upscaled by the model too
+    alpha_loss: AlphaLoss = "drop"  # an output format without alpha: drop it with a note, or refuse the file
     max_output_pixels: int = DEFAULT_MAX_OUTPUT_PIXELS  # 0: no limit
     tta: bool = False  # 8-fold self-ensemble
 
@@ -130,10 +133,12 @@ def upscale_image(
     start = time.perf_counter()
     check_size(image, upscaler.scale, options)
     retries_before = upscaler.fp32_retries
-    dtype = np.dtype(np.uint16 if output_bit_depth(image, fmt) == 16 else np.uint8)
+    dtype = np.dtype({8: np.uint8, 16: np.uint16, 32: np.float32}[output_bit_depth(image, fmt)])
+    if image.alpha is not None and options.alpha_loss == "refuse":
+        compose(np.zeros((1, 1, 3), dtype), image.alpha[:1, :1], image, fmt, [], True)  # refuse before any work
     planes = upscale_planes(image, upscaler, options, dtype, progress)
-    notes: list[str] = []
-    result = compose(planes.rgb, planes.alpha, image, fmt, notes)
+    notes: list[str] = list(image.notes)
+    result = compose(planes.rgb, planes.alpha, image, fmt, notes, options.alpha_loss == "refuse")
     blocks = planes.blocks
     del planes
     size = final_size(image.width, image.height, upscaler.scale, options.outscale)
@@ -220,18 +225,25 @@ def batch_stages(
     """Decode, upscale and encode one batch job; a finished output is recorded in `journal`."""
 
     def decode(job: Job) -> tuple[str, LoadedImage]:
-        return (sha256_of(job.src) if journal else ""), read_image(job.src)
+        image = read_image(job.src)
+        try:
+            return (sha256_of(job.src) if journal else ""), image
+        except OSError as e:
+            raise ImageReadError(f"{job.src}: cannot read ({e.strerror or e})") from None
 
     def compute(job: Job, data: tuple[str, LoadedImage]) -> UpscaleResult:
         return upscale_image(data[1], upscaler, output_format(job.dst), options)
 
-    def encode(job: Job, data: tuple[str, LoadedImage], result: UpscaleResult) -> float:
+    def encode(job: Job, data: tuple[str, LoadedImage], result: UpscaleResult) -> Written:
         sha, image = data
-        job.dst.parent.mkdir(parents=True, exist_ok=True)
-        write_image(result.image, job.dst, output_format(job.dst), image, quality, [])
+        try:
+            job.dst.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise write_failure(job.dst.parent, e, "cannot create the folder") from None
+        write_image(result.image, job.dst, output_format(job.dst), image, quality, result.notes)
         if journal:
             journal.record(job, sha, model_sha256, pixel_options or {})
-        return image.width * image.height / 1e6
+        return Written(image.width * image.height / 1e6, tuple(result.notes))
 
     return Stages(decode, compute, encode)
 

@@ -196,7 +196,8 @@ def test_out_of_memory_at_every_tile_size_fails_one_file_in_one_line(tmp_path: P
     assert "Traceback" not in batch.stderr
     failed = [line for line in batch.stderr.splitlines() if "failed:" in line]
     assert len(failed) == 1 and "out of memory" in failed[0], batch.stderr
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [".esrgan-journal.jsonl", "0.png", "1.png"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [".esrgan-journal.jsonl", ".esrgan.lock",
+                                                                    "0.png", "1.png"]
     data = json.loads(report.read_text())
     assert [Path(f["input"]).name for f in data["failed"]] == ["white.png"] and len(data["done"]) == 2
     assert io.BytesIO((tmp_path / "out" / "0.png").read_bytes()).getbuffer().nbytes > 0

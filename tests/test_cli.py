@@ -109,7 +109,7 @@ BAD_INPUTS = {
     "unwritable output": (lambda d, png: ["upscale", png, "-o", _write(d / "afile", b"x") / "out.png"], 1,
                           "does not exist"),
     "unwritable name": (lambda d, png: ["upscale", png, "-o", d / ("x" * 300 + ".png")], 1, "cannot write"),
-    "unknown extension": (lambda d, png: ["upscale", png, "-o", d / "out.gif"], 2, "unknown extension"),
+    "unknown extension": (lambda d, png: ["upscale", png, "-o", d / "out.heic"], 2, "unknown extension"),
     "bad tile": (lambda d, png: ["upscale", png, "-o", d / "out.png", "--tile", "big"], 2, "--tile"),
     "missing model file": (lambda d, png: ["upscale", png, "-o", d / "out.png", "--model", d / "m.pth"], 1,
                            "no model named"),

@@ -6,13 +6,16 @@ One module per verb group (`upscale`, `models` for blend/convert/info/models, `t
 
 from __future__ import annotations
 
+import os
 import sys
+import traceback
 
 import click
 
 from esrgan_cli import __version__
+from esrgan_cli.capture import keep_python_stderr, restore_python_stderr
 from esrgan_cli.cli import models, train, upscale
-from esrgan_cli.cli.common import say
+from esrgan_cli.cli.common import SETTINGS, say
 from esrgan_cli.errors import EsrganError
 
 __all__ = ["cli", "main"]
@@ -20,7 +23,9 @@ __all__ = ["cli", "main"]
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "-V", "--version", prog_name="esrgan")
-def cli() -> None:
+@click.option("--debug", is_flag=True, envvar="ESRGAN_DEBUG",
+              help="Show the full traceback under each error (also ESRGAN_DEBUG=1).")
+def cli(debug: bool) -> None:
     """Upscale images 4x with ESRGAN (RRDBNet), seam-free and safely.
 
     \b
@@ -29,6 +34,7 @@ def cli() -> None:
       esrgan upscale scan.tif -o big.tif --tile 256 --model esrgan-psnr-x4
       esrgan upscale art.png -o art.png --model my-model.safetensors --outscale 2
     """
+    SETTINGS.debug = SETTINGS.debug or debug
 
 
 for _module in (upscale, models, train):
@@ -36,7 +42,17 @@ for _module in (upscale, models, train):
 
 
 def main() -> None:
-    """Entry point: expected failures become one line on stderr and an exit code, never a traceback."""
+    """Entry point: expected failures become one line on stderr and an exit code, never a traceback (unless
+    --debug). A bug in esrgan itself is not expected, and shows its traceback as always."""
+    SETTINGS.debug = os.environ.get("ESRGAN_DEBUG", "") not in ("", "0")
+    own_stderr = keep_python_stderr()  # decoders may point fd 2 elsewhere for a moment; our lines must not follow
+    try:
+        _main()
+    finally:
+        restore_python_stderr(own_stderr)
+
+
+def _main() -> None:
     try:
         cli.main(prog_name="esrgan", standalone_mode=False)
     except click.exceptions.Exit as e:
@@ -48,6 +64,8 @@ def main() -> None:
         say("interrupted")
         sys.exit(130)
     except EsrganError as e:
+        if SETTINGS.debug:
+            traceback.print_exception(e)
         say(f"error: {e}")
         sys.exit(1)
     except BrokenPipeError:

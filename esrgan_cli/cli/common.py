@@ -3,13 +3,37 @@
 from __future__ import annotations
 
 import sys
+import traceback
+from dataclasses import dataclass
 from typing import Any
 
 import click
 
 
+@dataclass
+class Settings:
+    """What the `esrgan` group's options set for every command."""
+
+    debug: bool = False  # --debug / ESRGAN_DEBUG: full tracebacks under errors
+
+
+SETTINGS = Settings()
+
+
 def say(message: str) -> None:
     click.echo(f"esrgan: {message}", err=True)
+
+
+def debug_traceback(e: BaseException | None) -> None:
+    """Under --debug, the full traceback of an expected failure (with what caused it) on stderr."""
+    if SETTINGS.debug and e is not None:
+        click.echo("".join(traceback.format_exception(e)).rstrip(), err=True)
+
+
+def notes_line(label: str, notes: tuple[str, ...] | list[str]) -> str | None:
+    """All notes about one file as one line, or None."""
+    distinct = list(dict.fromkeys(notes))
+    return f"note: {label}: " + "; ".join(distinct) if distinct else None
 
 
 class TileParam(click.ParamType):

@@ -9,15 +9,15 @@ from typing import TYPE_CHECKING, cast
 
 import click
 
-from esrgan_cli.cli.common import ProgressBar, TileParam, say
+from esrgan_cli.cli.common import ProgressBar, TileParam, debug_traceback, notes_line, say
 from esrgan_cli.defaults import DEFAULT_MAX_OUTPUT_PIXELS, DEFAULT_OVERLAP, DEFAULT_QUALITY, IMAGE_SUFFIXES
 from esrgan_cli.errors import EsrganError
 
 if TYPE_CHECKING:
-    from esrgan_cli.batch import BatchOptions
+    from esrgan_cli.batch import BatchOptions, Job
     from esrgan_cli.device import Precision
     from esrgan_cli.engine import Upscaler
-    from esrgan_cli.pipeline import AlphaMode, UpscaleOptions
+    from esrgan_cli.pipeline import AlphaLoss, AlphaMode, UpscaleOptions
 
 
 def register(group: click.Group) -> None:
@@ -27,7 +27,7 @@ def register(group: click.Group) -> None:
 @click.command()
 @click.argument("paths", metavar="PATH...", nargs=-1, required=True)
 @click.option("-o", "--output", "output_path", required=True, type=click.Path(path_type=Path),
-              help="Output file (its extension picks the format: png, jpg, webp, tiff, bmp), or the output folder "
+              help="Output file (its extension picks the format: png, jpg, webp, tiff, bmp, gif), or the output folder "
                    "when there are several inputs, a folder, or a glob.")
 @click.option("-m", "--model", default=None, metavar="M",
               help="Registry name, local .safetensors/.pth/.pt/.ckpt file, or hf:OWNER/REPO/FILE[@REV]. "
@@ -47,11 +47,13 @@ def register(group: click.Group) -> None:
               help="JPEG/WebP quality.")
 @click.option("--alpha", "alpha_mode", type=click.Choice(["resize", "model"]), default="resize",
               show_default=True, help="Transparency: resized, or upscaled by the model too.")
+@click.option("--alpha-loss", type=click.Choice(["drop", "refuse"]), default="drop", show_default=True,
+              help="An output format without alpha (jpg) for a transparent image: drop it with a note, or refuse.")
 @click.option("--tta", is_flag=True, help="8-fold self-ensemble (flips and rotations): slightly better, ~8x slower.")
 @click.option("--max-output-pixels", type=click.IntRange(min=0), default=DEFAULT_MAX_OUTPUT_PIXELS,
               show_default=True, help="Refuse outputs larger than this (0: no limit).")
 @click.option("-r", "--recursive", is_flag=True, help="Batch: walk subfolders and mirror the tree under the output.")
-@click.option("--format", "out_format", type=click.Choice(["png", "jpg", "webp", "tiff"]), default=None,
+@click.option("--format", "out_format", type=click.Choice(["png", "jpg", "webp", "tiff", "gif"]), default=None,
               help="Batch: output format (default: keep each input's).")
 @click.option("--suffix", default="", metavar="TEXT", help="Batch: added to each output's name, e.g. _x4.")
 @click.option("--overwrite", is_flag=True, help="Batch: redo outputs that the journal says are done.")
@@ -60,8 +62,9 @@ def register(group: click.Group) -> None:
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary; errors still go to stderr.")
 def upscale(
     paths: tuple[str, ...], output_path: Path, model: str | None, tile: int | None, overlap: int, device: str,
-    precision: str, outscale: float | None, quality: int, alpha_mode: str, tta: bool, max_output_pixels: int,
-    recursive: bool, out_format: str | None, suffix: str, overwrite: bool, report: Path | None, quiet: bool,
+    precision: str, outscale: float | None, quality: int, alpha_mode: str, alpha_loss: str, tta: bool,
+    max_output_pixels: int, recursive: bool, out_format: str | None, suffix: str, overwrite: bool,
+    report: Path | None, quiet: bool,
 ) -> None:
     """Upscale images: one file into -o FILE, or many into the folder -o OUTDIR.
 
@@ -82,6 +85,7 @@ def upscale(
     from esrgan_cli.pipeline import UpscaleOptions
 
     options = UpscaleOptions(tile=tile, overlap=overlap, outscale=outscale, alpha=cast("AlphaMode", alpha_mode),
+                             alpha_loss=cast("AlphaLoss", alpha_loss),
                              max_output_pixels=max_output_pixels, tta=tta)
     single = _is_single(paths, output_path)
     run = Run(model=model, device=device, precision=cast("Precision", precision), options=options,
@@ -155,8 +159,8 @@ def _upscale_one(input_path: Path, output_path: Path, run: Run) -> None:
     notes = list(result.notes)
     write_image(result.image, output_path, fmt, image, run.quality, notes)
     if not run.quiet:
-        for note in notes:
-            say(f"note: {note}")
+        if line := notes_line(str(input_path), notes):
+            say(line)
         w, h = result.image.size
         tiles = "whole image" if result.model_calls == 1 else f"{result.model_calls} tiles"
         retried = f", {result.fp32_retries} tiles recomputed in fp32" if result.fp32_retries else ""
@@ -168,17 +172,28 @@ def _upscale_one(input_path: Path, output_path: Path, run: Run) -> None:
 
 
 def _upscale_many(paths: tuple[str, ...], outdir: Path, run: Run, batch: BatchOptions) -> None:
-    import dataclasses
-    import time
-
-    from esrgan_cli.batch import Journal, Outcome, collect_jobs, pixel_options, plan_batch, run_batch, write_report
-    from esrgan_cli.hashing import sha256_of
-    from esrgan_cli.pipeline import batch_stages
+    from esrgan_cli.atomic import folder_lock
+    from esrgan_cli.batch import collect_jobs
 
     if outdir.exists() and not outdir.is_dir():
         raise EsrganError(f"{outdir}: not a folder (with several inputs, -o names the output folder)")
     jobs, ignored = collect_jobs(paths, outdir, batch.recursive, batch.format, batch.suffix)
-    outdir.mkdir(parents=True, exist_ok=True)
+    try:
+        outdir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise EsrganError(f"{outdir}: cannot create the output folder ({e.strerror or e})") from None
+    with folder_lock(outdir):
+        _run_batch(jobs, ignored, outdir, run, batch)
+
+
+def _run_batch(jobs: list[Job], ignored: int, outdir: Path, run: Run, batch: BatchOptions) -> None:
+    import dataclasses
+    import time
+
+    from esrgan_cli.batch import Journal, Outcome, pixel_options, plan_batch, run_batch, write_report
+    from esrgan_cli.hashing import sha256_of
+    from esrgan_cli.pipeline import batch_stages
+
     upscaler, source = _load_upscaler(run)
     model_sha = sha256_of(upscaler.weights.path)
     pixels = pixel_options(dataclasses.asdict(run.options), run.quality,
@@ -196,7 +211,10 @@ def _upscale_many(paths: tuple[str, ...], outdir: Path, run: Run, batch: BatchOp
 
         def on_done(outcome: Outcome) -> None:
             if outcome.error:
+                debug_traceback(outcome.exception)
                 progress.say(f"failed: {outcome.error}")
+            elif not run.quiet and (line := notes_line(str(outcome.job.src), outcome.notes)):
+                progress.say(line)
             if advance:
                 advance(1, len(todo))
 
@@ -208,6 +226,9 @@ def _upscale_many(paths: tuple[str, ...], outdir: Path, run: Run, batch: BatchOp
     mpx = sum(o.megapixels for o in outcomes if not o.error)
     if batch.report is not None:
         write_report(batch.report, plan, outcomes, source, model_sha, seconds)
+    if any(o.stops_batch for o in outcomes):
+        say(f"stopped: {len(todo) - len(outcomes)} files not started; free space and run the same command again "
+            f"to resume (the journal in {outdir} keeps what is done)")
     if not run.quiet or failed:
         say(f"done {done}, skipped {len(plan.skipped)}, failed {len(failed)} in {seconds:.1f} s "
             f"({mpx / seconds if seconds > 0 else 0:.3f} input Mpx/s)")
