@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from esrgan_cli.errors import (
     ChecksumError,
     DeviceError,
+    DiskFullError,
     EsrganError,
     ImageReadError,
     ImageWriteError,
@@ -33,6 +34,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ChecksumError",
     "DeviceError",
+    "DiskFullError",
     "EsrganError",
     "ImageReadError",
     "ImageWriteError",
