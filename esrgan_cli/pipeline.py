@@ -152,8 +152,8 @@ def upscale_any(upscaler: Upscaler, image: ImageT, options: UpscaleOptions) -> I
     array keeps its type and channels."""
     if isinstance(image, Image.Image):
         loaded = from_pil(image)
-        check_size(loaded, upscaler.scale, options)
-        # TIFF holds everything a Pillow image can carry here: alpha, 16-bit grayscale and CMYK.
+        # upscale_image checks the output size. TIFF holds everything a Pillow image can carry here: alpha,
+        # 16-bit grayscale and CMYK.
         result = upscale_image(loaded, upscaler, "TIFF", options).image
         if loaded.icc_profile:
             result.info["icc_profile"] = loaded.icc_profile
