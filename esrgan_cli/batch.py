@@ -113,6 +113,8 @@ class BatchPlan:
 def pixel_options(options: dict[str, Any], quality: int, dtype: str) -> dict[str, Any]:
     """What the journal compares to decide whether an output is still valid: every option that changes pixels."""
     kept = {k: v for k, v in options.items() if k not in ("max_output_pixels", "alpha_loss")}
+    if not kept.get("first_frame", True):
+        del kept["first_frame"]  # the default: journals written before the option existed stay valid
     return {**kept, "quality": quality, "dtype": dtype}
 
 
@@ -217,6 +219,7 @@ class Outcome:
     megapixels: float = 0.0
     notes: tuple[str, ...] = ()  # what the user should know about this file (decoder warnings, dropped alpha)
     exception: EsrganError | None = None  # the failure itself, for --debug
+    frames: int = 1  # frames or pages written
 
     @property
     def stops_batch(self) -> bool:
@@ -230,6 +233,7 @@ class Written:
 
     megapixels: float
     notes: tuple[str, ...] = ()
+    frames: int = 1  # frames or pages written (an animation or a multi-page TIFF has several)
 
 
 @dataclass
@@ -242,7 +246,7 @@ class Stages(Generic[D, R]):
 
 def _done(job: Job, written: float | Written) -> Outcome:
     if isinstance(written, Written):
-        return Outcome(job, megapixels=written.megapixels, notes=written.notes)
+        return Outcome(job, megapixels=written.megapixels, notes=written.notes, frames=written.frames)
     return Outcome(job, megapixels=written)
 
 

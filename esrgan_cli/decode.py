@@ -1,5 +1,6 @@
 """Decoding a file into float planes: EXIF orientation applied, every kind of transparency turned into an alpha
-plane (palette, a single transparent colour, an alpha channel), 16-bit kept, float images kept with their range.
+plane (palette, a single transparent colour, an alpha channel), 16-bit kept, float images kept with their range,
+and, when asked, every frame of an animation (GIF, WebP, APNG) or page of a multi-page TIFF with its timing.
 
 Nothing a file can do escapes as anything but an ImageReadError: a decoder may raise any exception type.
 """
@@ -11,6 +12,7 @@ import struct
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -33,6 +35,7 @@ class LoadedImage:
     exif: bytes | None
     notes: tuple[str, ...] = ()  # what the decoder warned about, for the user
     value_range: tuple[float, float] | None = None  # a float image's (min, max), mapped to [0, 1] in `rgb`
+    frames: Frames | None = None  # every frame or page, this one first, when the file has several and they were read
 
     @property
     def height(self) -> int:
@@ -43,10 +46,30 @@ class LoadedImage:
         return int(self.rgb.shape[1])
 
 
-def read_image(path: Path, max_pixels: int | None = None) -> LoadedImage:
+Disposal = Literal["none", "background", "previous"]
+_GIF_DISPOSAL: dict[int, Disposal] = {0: "none", 1: "none", 2: "background", 3: "previous"}
+_APNG_DISPOSAL: dict[int, Disposal] = {0: "none", 1: "background", 2: "previous"}
+
+
+@dataclass(frozen=True)
+class Frames:
+    """Every frame of an animation, or page of a multi-page TIFF, decoded; each frame is the whole canvas as a
+    viewer shows it (Pillow composites partial frames), so the frames can be upscaled one by one."""
+
+    images: tuple[LoadedImage, ...]  # the first included
+    durations: tuple[float, ...]  # milliseconds per frame; empty for TIFF pages, or when the file gives none
+    loop: int | None  # how many times to play (0: forever); None: the file says nothing (a GIF then plays once)
+    disposal: tuple[Disposal, ...]  # what a viewer does after each frame (GIF, APNG); empty where the format has none
+    pages: bool  # TIFF pages, not an animation
+
+
+def read_image(path: Path, max_pixels: int | None = None, *, all_frames: bool = False) -> LoadedImage:
     """Decode `path` fully; any problem, whatever the decoder raises, becomes an ImageReadError with a one-line
     reason (the original exception is its `__cause__`). What the decoder warned about, and what C libraries
-    printed meanwhile, become one line in `notes`."""
+    printed meanwhile, become one line in `notes`.
+
+    The first frame or page is the image; with `all_frames`, a file with several also gets `frames` (every
+    frame together within `max_pixels`)."""
     path = Path(path)
     if not path.exists():
         raise ImageReadError(f"{path}: no such file")
@@ -55,7 +78,7 @@ def read_image(path: Path, max_pixels: int | None = None) -> LoadedImage:
     said: list[str] = []
     try:
         with decoder_messages() as said:
-            image = _decode(path, max_pixels)
+            image = _decode(path, max_pixels, all_frames)
     except ImageReadError as e:
         if (why := summarise(said, 120)) is None:
             raise
@@ -64,7 +87,7 @@ def read_image(path: Path, max_pixels: int | None = None) -> LoadedImage:
     return dataclasses.replace(image, notes=(*image.notes, note)) if note else image
 
 
-def _decode(path: Path, max_pixels: int | None) -> LoadedImage:
+def _decode(path: Path, max_pixels: int | None, all_frames: bool) -> LoadedImage:
     limit = max_pixels if max_pixels is not None else Image.MAX_IMAGE_PIXELS
     try:
         with Image.open(path) as img:
@@ -75,7 +98,8 @@ def _decode(path: Path, max_pixels: int | None) -> LoadedImage:
                 raise ImageReadError(f"{path}: the image is empty ({w}×{h})")
             img.load()
             image = from_pil(img, str(path))
-            frames = _frame_count(img)
+            if all_frames:
+                image = _with_frames(img, image, path, limit)
     except EsrganError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
@@ -93,17 +117,79 @@ def _decode(path: Path, max_pixels: int | None) -> LoadedImage:
         raise ImageReadError(f"{path}: Pillow cannot decode this variant ({first_line(e, 160)})") from e
     except Exception as e:  # a decoder may raise anything; one file must never take the program down
         raise ImageReadError(f"{path}: cannot decode ({type(e).__name__}: {first_line(e, 160)})") from e
-    if frames > 1:  # every frame is not upscaled yet: say so rather than drop them silently
-        note = f"it has {frames} frames or pages; only the first is upscaled"
-        return dataclasses.replace(image, notes=(*image.notes, note))
     return image
 
 
-def _frame_count(img: Image.Image) -> int:
+def _frame_count(img: Image.Image) -> int | None:
+    """How many frames the file says it has; None when that cannot be read (counting reads the whole file, and a
+    damaged tail may stop it)."""
     try:
         return int(getattr(img, "n_frames", 1))
-    except Exception:  # counting frames reads the whole file; a damaged tail only means we cannot say
-        return 1
+    except Exception:
+        return None
+
+
+def _with_frames(img: Image.Image, first: LoadedImage, path: Path, limit: int | None) -> LoadedImage:
+    """`first` with every frame of `img` decoded. A frame that cannot be decoded ends the animation there, with a
+    note: a viewer shows a GIF with a damaged tail the same way."""
+    images, durations, disposal = [first], [img.info.get("duration")], [_disposal(img)]
+    loop = img.info.get("loop")
+    count = _frame_count(img)
+    if count == 1:
+        return first
+    pixels = first.width * first.height
+    notes = list(first.notes)
+    index = 1
+    while count is None or index < count:
+        try:
+            # A count that failed may leave the file on another frame: seek from the start.
+            if count is None and index == 1:
+                img.seek(0)
+            img.seek(index)
+            img.load()
+            frame = from_pil(img, f"{path} frame {index + 1}")
+        except EOFError:
+            if count is None:
+                break  # the last frame was the one before: the normal end when the count was unknown
+            notes.append(f"frame {index + 1} of {count} is missing; the first {index} are kept")
+            break
+        except (ImageReadError, *_DECODE_ERRORS, NotImplementedError) as e:
+            of = f" of {count}" if count else ""
+            notes.append(f"frame {index + 1}{of} cannot be decoded ({first_line(e, 120)}); the first {index} "
+                         f"{'is' if index == 1 else 'are'} kept")
+            break
+        pixels += frame.width * frame.height
+        if limit and pixels > limit:
+            raise ImageReadError(f"{path}: its frames hold more than {limit:,} pixels together, over the input "
+                                 "limit; pass --first-frame to upscale only the first")
+        images.append(frame)
+        durations.append(img.info.get("duration"))
+        disposal.append(_disposal(img))
+        index += 1
+    if len(images) == 1:
+        return dataclasses.replace(first, notes=tuple(notes))
+    pages = img.format == "TIFF"
+    frames = Frames(
+        images=tuple(images),
+        durations=() if pages or None in durations else tuple(float(d) for d in durations if d is not None),
+        loop=_loop(loop),
+        disposal=() if None in disposal else tuple(d for d in disposal if d is not None),
+        pages=pages,
+    )
+    return dataclasses.replace(first, frames=frames, notes=tuple(notes))
+
+
+def _disposal(img: Image.Image) -> Disposal | None:
+    """What a viewer does after the current frame: GIF's disposal method or APNG's dispose op; None if unknown."""
+    if img.format == "GIF":
+        return _GIF_DISPOSAL.get(int(getattr(img, "disposal_method", 0)))
+    if img.format == "PNG" and isinstance(op := img.info.get("disposal"), int):
+        return _APNG_DISPOSAL.get(op)
+    return None
+
+
+def _loop(value: object) -> int | None:
+    return int(value) if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 
 def _too_large(path: Path, w: int, h: int, limit: int) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 
 class EsrganError(Exception):
     """Base of every expected failure: the message is complete and fits on one line."""
@@ -47,3 +49,13 @@ def first_line(e: BaseException, limit: int = 200) -> str:
     """An exception's message cut to one line, for error messages that must stay on one line."""
     text = str(e).strip().splitlines()
     return text[0][:limit] if text else type(e).__name__
+
+
+def naming(path: object, e: EsrganError) -> EsrganError:
+    """`e` (same type) with its message starting with `path`, so a line in a batch says which file it is about.
+    Raise it `from e`: the original stays its cause."""
+    if str(e).startswith(str(path)):
+        return e
+    named = copy.copy(e)
+    named.args = (f"{path}: {e}",)
+    return named

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from esrgan_cli.animation import Animation, save_params
 from esrgan_cli.atomic import atomic_write
 from esrgan_cli.decode import LoadedImage, from_pil, read_image
 from esrgan_cli.defaults import FORMATS, LUMA_WEIGHTS
@@ -129,9 +130,11 @@ def _alpha_lost(alpha: np.ndarray | None, fmt: str, notes: list[str], refuse: bo
 
 
 def write_image(
-    img: Image.Image, path: Path, fmt: str, source: LoadedImage, quality: int, notes: list[str]
+    img: Image.Image, path: Path, fmt: str, source: LoadedImage, quality: int, notes: list[str],
+    animation: Animation | None = None,
 ) -> None:
-    """Encode atomically (see atomic.py): a reader never sees half a file."""
+    """Encode atomically (see atomic.py): a reader never sees half a file. With `animation`, `img` is the first
+    of several frames (or pages) and the file gets them all."""
     path = Path(path)
     if os.path.isdir(path):
         raise ImageWriteError(f"{path}: is a directory")
@@ -146,6 +149,8 @@ def write_image(
         params["exif"] = source.exif
     if fmt in ("JPEG", "WEBP"):
         params["quality"] = quality
+    if animation is not None:
+        params.update(save_params(animation, fmt))
     with atomic_write(path) as tmp:
         _save(img, tmp, fmt, params, notes, path)
 

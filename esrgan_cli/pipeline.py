@@ -1,7 +1,8 @@
 """One image through the model: checks, planes, alpha, final resize. No printing: the CLI reports.
 
-`upscale_image` serves the command line (decoded files in, a Pillow image for a given output format out);
-`upscale_any` serves the Python API (a Pillow image or a numpy array in, the same kind out).
+`upscale_file` serves the command line (a decoded file in, every frame of it when it has several; Pillow images
+for a given output format out), through `upscale_image` for each frame; `upscale_any` serves the Python API (a
+Pillow image or a numpy array in, the same kind out).
 """
 
 from __future__ import annotations
@@ -14,10 +15,11 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 import numpy as np
 from PIL import Image
 
+from esrgan_cli.animation import MULTI_FRAME_FORMATS, Animation, check_frames, uniform_modes
 from esrgan_cli.atomic import write_failure
 from esrgan_cli.batch import Job, Journal, Stages, Written
 from esrgan_cli.defaults import DEFAULT_MAX_OUTPUT_PIXELS, DEFAULT_OVERLAP
-from esrgan_cli.errors import ImageReadError
+from esrgan_cli.errors import EsrganError, ImageReadError, naming
 from esrgan_cli.hashing import sha256_of
 from esrgan_cli.imageio import (
     LoadedImage,
@@ -52,6 +54,7 @@ class UpscaleOptions:
     alpha_loss: AlphaLoss = "drop"  # an output format without alpha: drop it with a note, or refuse the file
     max_output_pixels: int = DEFAULT_MAX_OUTPUT_PIXELS  # 0: no limit
     tta: bool = False  # 8-fold self-ensemble
+    first_frame: bool = False  # an animation or multi-page file: only its first frame
 
 
 @dataclass
@@ -61,6 +64,11 @@ class UpscaleResult:
     fp32_retries: int
     seconds: float
     notes: list[str] = field(default_factory=list)
+    animation: Animation | None = None  # the other frames, when the file has several and the format holds them
+
+    @property
+    def frame_count(self) -> int:
+        return self.animation.count if self.animation else 1
 
 
 @dataclass
@@ -79,14 +87,25 @@ def final_size(width: int, height: int, scale: int, outscale: float | None) -> t
 
 
 def check_size(image: LoadedImage, scale: int, options: UpscaleOptions) -> None:
-    """Refuse, before any work, an output over `max_output_pixels`."""
-    out_w, out_h = final_size(image.width, image.height, scale, options.outscale)
-    biggest = max(out_w * out_h, image.width * scale * image.height * scale)
+    """Refuse, before any work, an output over `max_output_pixels` (all frames together: they are held in memory
+    until the file is written)."""
+    frames = image.frames.images if image.frames else (image,)
+    biggest = 0
+    for frame in frames:
+        out_w, out_h = final_size(frame.width, frame.height, scale, options.outscale)
+        biggest += max(out_w * out_h, frame.width * scale * frame.height * scale)
     if options.max_output_pixels and biggest > options.max_output_pixels:
+        what = f"{len(frames)} frames" if len(frames) > 1 else f"{image.width}×{image.height}"
         raise ImageReadError(
-            f"{image.width}×{image.height} would upscale to {biggest:,} pixels, over the limit of "
-            f"{options.max_output_pixels:,}; raise it with --max-output-pixels if you have the memory"
+            f"{what} would upscale to {biggest:,} pixels, over the limit of {options.max_output_pixels:,}; raise it "
+            "with --max-output-pixels if you have the memory" + (", or pass --first-frame" if len(frames) > 1 else "")
         )
+
+
+def work(image: LoadedImage, upscaler: Upscaler, options: UpscaleOptions) -> int:
+    """Input pixels the model goes over for one frame: alpha through the model counts twice."""
+    planes = 2 if image.alpha is not None and options.alpha == "model" and upscaler.channels == 3 else 1
+    return image.width * image.height * planes
 
 
 def upscale_planes(
@@ -95,8 +114,7 @@ def upscale_planes(
 ) -> Planes:
     """Colour through the model into a canvas of `dtype`; alpha resized, or through the model as well."""
     s = upscaler.scale
-    planes = 2 if image.alpha is not None and options.alpha == "model" and upscaler.channels == 3 else 1
-    total = image.width * image.height * planes
+    total = work(image, upscaler, options)
 
     def advance(n: int) -> None:
         if progress:
@@ -145,6 +163,45 @@ def upscale_image(
     if result.size != size:
         result = result.resize(size, Image.Resampling.LANCZOS)
     return UpscaleResult(result, blocks, upscaler.fp32_retries - retries_before, time.perf_counter() - start, notes)
+
+
+def upscale_file(
+    image: LoadedImage, upscaler: Upscaler, fmt: str, options: UpscaleOptions, progress: Progress | None = None,
+    on_frame: Callable[[int, int], None] | None = None,
+) -> UpscaleResult:
+    """A decoded file → what to write as `fmt`: every frame when it has several and `fmt` holds them
+    (`on_frame(number, count)` before each), else its one image."""
+    frames = image.frames
+    if frames is None or options.first_frame:
+        return upscale_image(image, upscaler, fmt, options, progress)
+    if fmt not in MULTI_FRAME_FORMATS:
+        result = upscale_image(image, upscaler, fmt, options, progress)
+        result.notes.append(f"{fmt} holds one image: only the first of its {len(frames.images)} frames was "
+                            "upscaled (write gif, webp, png or tiff to keep them all, or pass --first-frame)")
+        return result
+    notes = list(image.notes)
+    check_frames(frames, fmt, notes)
+    check_size(image, upscaler.scale, options)
+    total = sum(work(f, upscaler, options) for f in frames.images)
+
+    def advance(n: int, _: int) -> None:  # progress over the pixels of every frame
+        if progress:
+            progress(n, total)
+
+    results: list[UpscaleResult] = []
+    for number, frame in enumerate(frames.images, start=1):
+        if on_frame:
+            on_frame(number, len(frames.images))
+        results.append(upscale_image(frame, upscaler, fmt, options, advance))
+        notes.extend(n for n in results[-1].notes if n not in notes)
+    images = uniform_modes([r.image for r in results], fmt)
+    first = np.asarray(images[0])
+    # Frames that are all the same are one still image (the GIF and APNG encoders would merge them anyway).
+    still = all(im.size == images[0].size and np.array_equal(first, np.asarray(im)) for im in images[1:])
+    return UpscaleResult(
+        images[0], sum(r.model_calls for r in results), sum(r.fp32_retries for r in results),
+        sum(r.seconds for r in results), notes, None if still else Animation(tuple(images[1:]), frames),
+    )
 
 
 def upscale_any(upscaler: Upscaler, image: ImageT, options: UpscaleOptions) -> ImageT:
@@ -225,14 +282,17 @@ def batch_stages(
     """Decode, upscale and encode one batch job; a finished output is recorded in `journal`."""
 
     def decode(job: Job) -> tuple[str, LoadedImage]:
-        image = read_image(job.src)
+        image = read_image(job.src, all_frames=not options.first_frame)
         try:
             return (sha256_of(job.src) if journal else ""), image
         except OSError as e:
             raise ImageReadError(f"{job.src}: cannot read ({e.strerror or e})") from None
 
     def compute(job: Job, data: tuple[str, LoadedImage]) -> UpscaleResult:
-        return upscale_image(data[1], upscaler, output_format(job.dst), options)
+        try:
+            return upscale_file(data[1], upscaler, output_format(job.dst), options)
+        except EsrganError as e:
+            raise naming(job.src, e) from e
 
     def encode(job: Job, data: tuple[str, LoadedImage], result: UpscaleResult) -> Written:
         sha, image = data
@@ -240,10 +300,11 @@ def batch_stages(
             job.dst.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise write_failure(job.dst.parent, e, "cannot create the folder") from None
-        write_image(result.image, job.dst, output_format(job.dst), image, quality, result.notes)
+        write_image(result.image, job.dst, output_format(job.dst), image, quality, result.notes, result.animation)
         if journal:
             journal.record(job, sha, model_sha256, pixel_options or {})
-        return Written(image.width * image.height / 1e6, tuple(result.notes))
+        frames = image.frames.images[: result.frame_count] if image.frames else (image,)
+        return Written(sum(f.width * f.height for f in frames) / 1e6, tuple(result.notes), result.frame_count)
 
     return Stages(decode, compute, encode)
 

@@ -187,7 +187,7 @@ def test_out_of_memory_at_every_tile_size_fails_one_file_in_one_line(tmp_path: P
     single = run_oom("upscale", white, "-o", tmp_path / "white_x4.png", "--model", tiny_weights, "--tile", "auto")
     assert single.returncode == 1, single.stderr
     lines = single.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("esrgan: error: out of memory"), single.stderr
+    assert len(lines) == 1 and lines[0].startswith(f"esrgan: error: {white}: out of memory"), single.stderr
     assert not any(p.name.startswith(("white_x4", ".white_x4")) for p in tmp_path.iterdir())
 
     report = tmp_path / "report.json"
@@ -195,7 +195,7 @@ def test_out_of_memory_at_every_tile_size_fails_one_file_in_one_line(tmp_path: P
     assert batch.returncode == 1, batch.stderr
     assert "Traceback" not in batch.stderr
     failed = [line for line in batch.stderr.splitlines() if "failed:" in line]
-    assert len(failed) == 1 and "out of memory" in failed[0], batch.stderr
+    assert len(failed) == 1 and f"failed: {white}: out of memory" in failed[0], batch.stderr
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [".esrgan-journal.jsonl", ".esrgan.lock",
                                                                     "0.png", "1.png"]
     data = json.loads(report.read_text())

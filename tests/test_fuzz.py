@@ -39,8 +39,10 @@ def make_image(mode: str, w: int, h: int, seed: int) -> Image.Image:
         return rgba.convert("RGB").convert(mode)
 
 
-def encode(img: Image.Image, fmt: str, orientation: int | None, icc: bool) -> bytes:
-    """The image in `fmt`, with EXIF orientation and ICC where given; modes the container refuses become RGB(A)."""
+def encode(img: Image.Image, fmt: str, orientation: int | None, icc: bool,
+           more: tuple[Image.Image, ...] = ()) -> bytes:
+    """The image in `fmt`, with EXIF orientation and ICC where given, and `more` frames or pages after it where the
+    container holds several; modes the container refuses become RGB(A)."""
     params: dict[str, object] = {}
     if orientation:
         exif = Image.Exif()
@@ -48,18 +50,26 @@ def encode(img: Image.Image, fmt: str, orientation: int | None, icc: bool) -> by
         params["exif"] = exif.tobytes()
     if icc and fmt in ("PNG", "JPEG", "WEBP", "TIFF"):
         params["icc_profile"] = SRGB
+    if more and fmt in ("PNG", "WEBP", "TIFF", "GIF"):
+        params.update(save_all=True, duration=[30 + 10 * i for i in range(len(more) + 1)], loop=0)
     for target in (None, "RGBA", "RGB"):
         buf = io.BytesIO()
         try:
-            candidate = img if target is None else (img.convert("RGBA") if img.mode not in ("La", "RGBa")
-                                                    else Image.new(target, img.size, "gray"))
-            if target == "RGB":
-                candidate = candidate.convert("RGB")
-            candidate.save(buf, fmt, **params)
+            frames = [as_mode(im, target) for im in (img, *more)]
+            if "save_all" in params:
+                params["append_images"] = frames[1:]
+            frames[0].save(buf, fmt, **params)
             return buf.getvalue()
         except (OSError, ValueError, KeyError, TypeError):
             continue
     raise AssertionError(f"cannot save {img.mode} as {fmt}")
+
+
+def as_mode(img: Image.Image, target: str | None) -> Image.Image:
+    if target is None:
+        return img
+    candidate = img.convert("RGBA") if img.mode not in ("La", "RGBa") else Image.new(target, img.size, "gray")
+    return candidate.convert("RGB") if target == "RGB" else candidate
 
 
 def mutate(data: bytes, kind: str, where: float, value: int) -> bytes:
@@ -87,13 +97,16 @@ case = st.fixed_dictionaries({
     "where": st.floats(0, 1),
     "value": st.integers(0, 255),
     "seed": st.integers(0, 1000),
+    "frames": st.sampled_from([1, 1, 3]),  # an animation or multi-page file where the container holds one
 })
 
 
 def make_file(folder: Path, name: str, c: dict[str, object]) -> Path:
     w, h = c["size"]  # type: ignore[misc]
-    img = make_image(str(c["mode"]), int(w), int(h), int(c["seed"]))  # type: ignore[call-overload]
-    data = encode(img, CONTAINERS[str(c["container"])], c["orientation"], bool(c["icc"]))  # type: ignore[arg-type]
+    seed, mode = int(c["seed"]), str(c["mode"])  # type: ignore[call-overload]
+    img = make_image(mode, int(w), int(h), seed)  # type: ignore[call-overload]
+    more = tuple(make_image(mode, int(w), int(h), seed + i) for i in range(1, int(c.get("frames", 1))))  # type: ignore[call-overload]
+    data = encode(img, CONTAINERS[str(c["container"])], c["orientation"], bool(c["icc"]), more)  # type: ignore[arg-type]
     data = mutate(data, str(c["damage"]), float(c["where"]), int(c["value"]))  # type: ignore[call-overload]
     path = folder / f"{name}.{c['container']}"
     path.write_bytes(data)
@@ -165,7 +178,7 @@ def test_fuzz_a_few_in_real_processes(tiny_weights: Path, tmp_path: Path) -> Non
         c = {"mode": rng.choice(MODES), "size": (rng.choice(SIDES), rng.choice(SIDES)),
              "container": rng.choice(sorted(CONTAINERS)), "orientation": rng.choice([None, 3, 6, 8]),
              "icc": rng.random() < 0.5, "damage": ["none", "truncate", "bitflip", "header"][i % 4],
-             "where": rng.random(), "value": rng.randrange(256), "seed": i}
+             "where": rng.random(), "value": rng.randrange(256), "seed": i, "frames": 1 + 2 * (i % 2)}
         make_file(folder, f"f{i}", c)
     single = esrgan("upscale", next(folder.glob("f1.*")), "-o", tmp_path / "one.tif", "--model", tiny_weights)
     check_output(single.returncode, single.stderr, 1)

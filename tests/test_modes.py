@@ -94,14 +94,3 @@ def test_a_float_tiff_keeps_its_range(upscaler: Upscaler, tmp_path: Path) -> Non
         run(tmp_path / "in.tif", upscaler, tmp_path / "out.png")
 
 
-def test_an_animation_says_only_its_first_frame_is_upscaled(tmp_path: Path) -> None:
-    frames = [Image.new("RGB", (6, 5), colour) for colour in ("red", "green", "blue")]
-    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:], duration=80, loop=0)
-    image = read_image(tmp_path / "anim.gif")
-    assert image.notes == ("it has 3 frames or pages; only the first is upscaled",)
-    assert read_image(_still(tmp_path)).notes == ()
-
-
-def _still(tmp_path: Path) -> Path:
-    Image.new("RGB", (6, 5), "red").save(tmp_path / "still.gif")
-    return tmp_path / "still.gif"

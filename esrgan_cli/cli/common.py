@@ -93,6 +93,11 @@ class ProgressBar:
     def advance(self, n: int, total: int) -> None:
         self.bar.update(self.task, advance=n, total=total)
 
+    def describe(self, label: str) -> None:
+        """A new label for the bar (e.g. which frame of an animation is being upscaled)."""
+        if self.bar is not None:
+            self.bar.update(self.task, description=label)
+
     def __exit__(self, *exc: object) -> None:
         if self.bar is not None:
             self.bar.stop()

@@ -11,7 +11,7 @@ import click
 
 from esrgan_cli.cli.common import ProgressBar, TileParam, debug_traceback, notes_line, say
 from esrgan_cli.defaults import DEFAULT_MAX_OUTPUT_PIXELS, DEFAULT_OVERLAP, DEFAULT_QUALITY, IMAGE_SUFFIXES
-from esrgan_cli.errors import EsrganError
+from esrgan_cli.errors import EsrganError, naming
 
 if TYPE_CHECKING:
     from esrgan_cli.batch import BatchOptions, Job
@@ -50,6 +50,8 @@ def register(group: click.Group) -> None:
 @click.option("--alpha-loss", type=click.Choice(["drop", "refuse"]), default="drop", show_default=True,
               help="An output format without alpha (jpg) for a transparent image: drop it with a note, or refuse.")
 @click.option("--tta", is_flag=True, help="8-fold self-ensemble (flips and rotations): slightly better, ~8x slower.")
+@click.option("--first-frame", is_flag=True,
+              help="Animated GIF/WebP/APNG or multi-page TIFF: upscale only the first frame or page.")
 @click.option("--max-output-pixels", type=click.IntRange(min=0), default=DEFAULT_MAX_OUTPUT_PIXELS,
               show_default=True, help="Refuse outputs larger than this (0: no limit).")
 @click.option("-r", "--recursive", is_flag=True, help="Batch: walk subfolders and mirror the tree under the output.")
@@ -63,7 +65,7 @@ def register(group: click.Group) -> None:
 def upscale(
     paths: tuple[str, ...], output_path: Path, model: str | None, tile: int | None, overlap: int, device: str,
     precision: str, outscale: float | None, quality: int, alpha_mode: str, alpha_loss: str, tta: bool,
-    max_output_pixels: int, recursive: bool, out_format: str | None, suffix: str, overwrite: bool,
+    first_frame: bool, max_output_pixels: int, recursive: bool, out_format: str | None, suffix: str, overwrite: bool,
     report: Path | None, quiet: bool,
 ) -> None:
     """Upscale images: one file into -o FILE, or many into the folder -o OUTDIR.
@@ -86,7 +88,7 @@ def upscale(
 
     options = UpscaleOptions(tile=tile, overlap=overlap, outscale=outscale, alpha=cast("AlphaMode", alpha_mode),
                              alpha_loss=cast("AlphaLoss", alpha_loss),
-                             max_output_pixels=max_output_pixels, tta=tta)
+                             max_output_pixels=max_output_pixels, tta=tta, first_frame=first_frame)
     single = _is_single(paths, output_path)
     run = Run(model=model, device=device, precision=cast("Precision", precision), options=options,
               quality=quality, quiet=quiet)
@@ -148,25 +150,31 @@ def _load_upscaler(run: Run) -> tuple[Upscaler, str]:
 def _upscale_one(input_path: Path, output_path: Path, run: Run) -> None:
     from esrgan_cli.atomic import check_output
     from esrgan_cli.imageio import output_format, read_image, write_image
-    from esrgan_cli.pipeline import upscale_image
+    from esrgan_cli.pipeline import upscale_file
 
     check_output(input_path, output_path)
     fmt = output_format(output_path)
-    image = read_image(input_path)
+    image = read_image(input_path, all_frames=not run.options.first_frame)
     upscaler, source = _load_upscaler(run)
-    with ProgressBar(run.quiet, f"{input_path.name}") as advance:
-        result = upscale_image(image, upscaler, fmt, run.options, advance)
+    bar = ProgressBar(run.quiet, f"{input_path.name}")
+    with bar as advance:
+        try:
+            result = upscale_file(image, upscaler, fmt, run.options, advance,
+                                  on_frame=lambda i, n: bar.describe(f"{input_path.name} frame {i}/{n}"))
+        except EsrganError as e:
+            raise naming(input_path, e) from e
     notes = list(result.notes)
-    write_image(result.image, output_path, fmt, image, run.quality, notes)
+    write_image(result.image, output_path, fmt, image, run.quality, notes, result.animation)
     if not run.quiet:
         if line := notes_line(str(input_path), notes):
             say(line)
         w, h = result.image.size
+        frames = f"{result.frame_count} frames of " if result.frame_count > 1 else ""
         tiles = "whole image" if result.model_calls == 1 else f"{result.model_calls} tiles"
         retried = f", {result.fp32_retries} tiles recomputed in fp32" if result.fp32_retries else ""
         placement = upscaler.placement
         say(
-            f"wrote {output_path} ({w}×{h}, model {source}, {placement.device.type} "
+            f"wrote {output_path} ({frames}{w}×{h}, model {source}, {placement.device.type} "
             f"{str(placement.dtype).removeprefix('torch.')}, {tiles}{retried}, {result.seconds:.1f} s)"
         )
 
@@ -230,7 +238,9 @@ def _run_batch(jobs: list[Job], ignored: int, outdir: Path, run: Run, batch: Bat
         say(f"stopped: {len(todo) - len(outcomes)} files not started; free space and run the same command again "
             f"to resume (the journal in {outdir} keeps what is done)")
     if not run.quiet or failed:
-        say(f"done {done}, skipped {len(plan.skipped)}, failed {len(failed)} in {seconds:.1f} s "
+        frames = sum(o.frames for o in outcomes if not o.error)
+        extra = f" ({frames} frames or pages)" if frames > done else ""
+        say(f"done {done}{extra}, skipped {len(plan.skipped)}, failed {len(failed)} in {seconds:.1f} s "
             f"({mpx / seconds if seconds > 0 else 0:.3f} input Mpx/s)")
     if failed:
         raise SystemExit(1)

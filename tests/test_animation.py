@@ -1,0 +1,224 @@
+"""Animations (GIF, WebP, APNG) and multi-page TIFF: every frame upscaled, with durations, loop and disposal kept."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from test_cli import esrgan
+
+from esrgan_cli.engine import Upscaler, choose_placement
+from esrgan_cli.imageio import output_format, read_image
+from esrgan_cli.pipeline import UpscaleOptions, upscale_file
+from esrgan_cli.weights import load_weights
+
+DURATIONS = [40, 70, 100]
+LOOP = 2
+COLOURS = [(200, 30, 30), (30, 200, 30), (30, 30, 200)]
+GIF_DISPOSAL = [1, 2, 3]  # none, background, previous
+APNG_DISPOSAL = [0, 1, 2]  # the same three, in APNG's numbering
+
+
+@pytest.fixture
+def upscaler(tiny_weights: Path) -> Upscaler:
+    return Upscaler(load_weights(tiny_weights), choose_placement("cpu", "auto"))
+
+
+def frames(size: tuple[int, int] = (9, 7)) -> list[Image.Image]:
+    """Three clearly different frames (a gradient tinted three ways), so no encoder merges two of them."""
+    w, h = size
+    ramp = np.linspace(0, 1, w * h, dtype=np.float32).reshape(h, w, 1)
+    return [Image.fromarray((ramp * np.array(c) + (1 - ramp) * 20).astype(np.uint8)) for c in COLOURS]
+
+
+def save_animation(path: Path) -> Path:
+    first, *rest = frames()
+    extra: dict[str, object] = {}
+    if path.suffix == ".gif":
+        extra["disposal"] = GIF_DISPOSAL
+    elif path.suffix == ".png":
+        extra["disposal"] = APNG_DISPOSAL
+    if path.suffix == ".webp":
+        extra["lossless"] = True
+    first.save(path, save_all=True, append_images=rest, duration=DURATIONS, loop=LOOP, **extra)
+    return path
+
+
+def played(path: Path) -> tuple[list[Image.Image], list[float | None], object, list[object]]:
+    """(frames as RGB copies, durations, loop, disposal) as a reader sees them."""
+    images, durations, disposal = [], [], []
+    with Image.open(path) as img:
+        for index in range(getattr(img, "n_frames", 1)):
+            img.seek(index)
+            img.load()
+            images.append(img.convert("RGB"))
+            durations.append(img.info.get("duration"))
+            disposal.append(getattr(img, "disposal_method", None) if img.format == "GIF"
+                            else img.info.get("disposal"))
+        return images, durations, img.info.get("loop"), disposal
+
+
+@pytest.mark.parametrize("ext", [".gif", ".webp", ".png"])
+def test_an_animation_keeps_every_frame_its_durations_loop_and_disposal(
+    ext: str, tiny_weights: Path, upscaler: Upscaler, tmp_path: Path
+) -> None:
+    src = save_animation(tmp_path / f"anim{ext}")
+    out = tmp_path / f"big{ext}"
+    proc = esrgan("upscale", src, "-o", out, "--model", tiny_weights)
+    assert proc.returncode == 0, proc.stderr
+    assert "3 frames of 36×28" in proc.stderr
+    images, durations, loop, disposal = played(out)
+    assert len(images) == 3
+    assert [round(float(d)) for d in durations if d is not None] == DURATIONS
+    assert loop == LOOP
+    if ext == ".gif":
+        assert disposal == GIF_DISPOSAL
+    elif ext == ".png":
+        assert disposal == APNG_DISPOSAL
+    assert all(im.size == (36, 28) for im in images)
+    # Each output frame is the upscale of its own input frame (the nearest of the three; GIF's palette and
+    # WebP's encoder keep them from being equal).
+    alone = []
+    for index, frame in enumerate(played(src)[0]):
+        frame.save(tmp_path / f"frame{index}.png")
+        alone.append(np.asarray(upscale_file(read_image(tmp_path / f"frame{index}.png"), upscaler, "PNG",
+                                             UpscaleOptions()).image, dtype=np.float32))
+    for index, im in enumerate(images):
+        errors = [float(np.mean((np.asarray(im, dtype=np.float32) - ref) ** 2)) for ref in alone]
+        assert int(np.argmin(errors)) == index, errors
+
+
+def test_apng_frames_equal_upscaling_each_frame_alone(upscaler: Upscaler, tmp_path: Path) -> None:
+    src = save_animation(tmp_path / "anim.png")
+    image = read_image(src, all_frames=True)
+    result = upscale_file(image, upscaler, "PNG", UpscaleOptions())
+    assert result.animation is not None and result.frame_count == 3
+    for index, (frame, ours) in enumerate(zip(frames(), [result.image, *result.animation.rest], strict=True)):
+        frame.save(tmp_path / f"frame{index}.png")
+        alone = upscale_file(read_image(tmp_path / f"frame{index}.png"), upscaler, "PNG", UpscaleOptions()).image
+        assert np.array_equal(np.asarray(ours.convert("RGB")), np.asarray(alone.convert("RGB")))
+
+
+def test_a_three_page_tiff_gives_three_pages_each_in_its_own_mode(tiny_weights: Path, tmp_path: Path) -> None:
+    pages = [frames()[0], Image.new("L", (5, 3), 90),
+             Image.fromarray(np.arange(24, dtype=np.uint16).reshape(4, 6) * 2000)]
+    pages[0].save(tmp_path / "scan.tif", save_all=True, append_images=pages[1:])
+    proc = esrgan("upscale", tmp_path / "scan.tif", "-o", tmp_path / "big.tif", "--model", tiny_weights)
+    assert proc.returncode == 0, proc.stderr
+    with Image.open(tmp_path / "big.tif") as out:
+        got = []
+        for index in range(out.n_frames):
+            out.seek(index)
+            got.append((out.mode, out.size))
+    assert got == [("RGB", (36, 28)), ("L", (20, 12)), ("I;16", (24, 16))]
+
+
+def test_pages_of_different_sizes_into_an_animation_are_refused_in_one_line(
+    tiny_weights: Path, tmp_path: Path
+) -> None:
+    pages = [Image.new("RGB", (6, 5), "red"), Image.new("RGB", (4, 4), "blue")]
+    pages[0].save(tmp_path / "scan.tif", save_all=True, append_images=pages[1:])
+    proc = esrgan("upscale", tmp_path / "scan.tif", "-o", tmp_path / "big.gif", "--model", tiny_weights)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        f"esrgan: error: {tmp_path / 'scan.tif'}: its 2 pages have different sizes, which only TIFF can hold; "
+        "write a .tif, or pass --first-frame"]
+    assert not (tmp_path / "big.gif").exists()
+
+
+def test_first_frame_keeps_only_the_first_without_a_note(tiny_weights: Path, tmp_path: Path) -> None:
+    src = save_animation(tmp_path / "anim.gif")
+    proc = esrgan("upscale", src, "-o", tmp_path / "one.gif", "--model", tiny_weights, "--first-frame")
+    assert proc.returncode == 0, proc.stderr
+    assert "note:" not in proc.stderr
+    assert len(played(tmp_path / "one.gif")[0]) == 1
+
+
+def test_a_format_with_one_image_gets_the_first_frame_and_a_note(tiny_weights: Path, tmp_path: Path) -> None:
+    src = save_animation(tmp_path / "anim.gif")
+    proc = esrgan("upscale", src, "-o", tmp_path / "one.jpg", "--model", tiny_weights)
+    assert proc.returncode == 0, proc.stderr
+    assert "JPEG holds one image: only the first of its 3 frames was upscaled" in proc.stderr
+    assert Image.open(tmp_path / "one.jpg").size == (36, 28)
+
+
+def test_the_output_limit_counts_every_frame(tiny_weights: Path, tmp_path: Path) -> None:
+    src = save_animation(tmp_path / "anim.webp")
+    one_frame = 36 * 28
+    args = ("upscale", src, "-o", tmp_path / "big.webp", "--model", tiny_weights,
+            "--max-output-pixels", str(2 * one_frame))
+    proc = esrgan(*args)
+    assert proc.returncode == 1
+    assert proc.stderr.count("\n") == 1 and "3 frames would upscale to 3,024 pixels" in proc.stderr
+    assert "--first-frame" in proc.stderr
+    assert esrgan(*args, "--first-frame").returncode == 0
+
+
+def test_progress_counts_frames_and_covers_every_pixel(upscaler: Upscaler, tmp_path: Path) -> None:
+    image = read_image(save_animation(tmp_path / "anim.gif"), all_frames=True)
+    seen: list[tuple[int, int]] = []
+    advanced: list[tuple[int, int]] = []
+    upscale_file(image, upscaler, output_format(tmp_path / "x.gif"), UpscaleOptions(tile=16, overlap=4),
+                 lambda n, total: advanced.append((n, total)), on_frame=lambda i, n: seen.append((i, n)))
+    assert seen == [(1, 3), (2, 3), (3, 3)]
+    assert {total for _, total in advanced} == {3 * 9 * 7}
+    assert sum(n for n, _ in advanced) == 3 * 9 * 7
+
+
+def test_a_batch_writes_every_frame_and_counts_them(tiny_weights: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    save_animation(folder / "anim.gif")
+    frames()[0].save(folder / "still.png")
+    proc = esrgan("upscale", folder, "-o", tmp_path / "out", "--model", tiny_weights)
+    assert proc.returncode == 0, proc.stderr
+    assert "done 2 (4 frames or pages)" in proc.stderr
+    assert len(played(tmp_path / "out" / "anim.gif")[0]) == 3
+    rerun = esrgan("upscale", folder, "-o", tmp_path / "out", "--model", tiny_weights)
+    assert "2 already done" in rerun.stderr
+
+
+def test_a_damaged_later_frame_keeps_the_frames_before_it_with_a_note(tiny_weights: Path, tmp_path: Path) -> None:
+    src = save_animation(tmp_path / "anim.gif")
+    data = src.read_bytes()
+    cut = tmp_path / "cut.gif"
+    cut.write_bytes(data[: len(data) - 12])  # into the last frame's image data
+    proc = esrgan("upscale", cut, "-o", tmp_path / "big.gif", "--model", tiny_weights)
+    assert proc.returncode == 0, proc.stderr
+    note, wrote = proc.stderr.strip().splitlines()
+    assert note.startswith(f"esrgan: note: {cut}: frame 3 of 3 cannot be decoded (")
+    assert note.endswith("the first 2 are kept") and wrote.startswith("esrgan: wrote")
+    assert len(played(tmp_path / "big.gif")[0]) == 2
+
+
+def test_frames_that_are_all_the_same_become_one_still_image(upscaler: Upscaler, tmp_path: Path) -> None:
+    # The encoders merge identical frames themselves, and Pillow's GIF writer then fails on a list of disposals;
+    # a file with such frames is read here as the decoder gives it, frame by frame.
+    import dataclasses
+
+    from esrgan_cli.decode import Frames
+
+    frames()[0].save(tmp_path / "still.png")
+    still = read_image(tmp_path / "still.png")
+    timing = Frames(images=(still, still, still), durations=(10.0, 20.0, 30.0), loop=0,
+                    disposal=("none", "background", "previous"), pages=False)
+    result = upscale_file(dataclasses.replace(still, frames=timing), upscaler, "GIF", UpscaleOptions())
+    assert result.animation is None and result.frame_count == 1
+    assert result.image.size == (36, 28)
+
+
+def test_gif_disposals_that_agree_are_given_as_one_value() -> None:
+    from esrgan_cli.animation import Animation, save_params
+    from esrgan_cli.decode import Frames
+
+    def params(disposal: tuple[str, ...], fmt: str) -> object:
+        timing = Frames(images=(), durations=(10.0, 20.0), loop=None, disposal=disposal, pages=False)  # type: ignore[arg-type]
+        return save_params(Animation((Image.new("RGB", (2, 2)),), timing), fmt)
+
+    assert params(("background", "background"), "GIF") == {
+        "save_all": True, "append_images": [Image.new("RGB", (2, 2))], "duration": [10, 20], "disposal": 2}
+    got = params(("none", "previous"), "PNG")
+    assert isinstance(got, dict)
+    assert got["disposal"] == [0, 2] and got["blend"] == [0, 0] and got["loop"] == 1  # a GIF that played once
