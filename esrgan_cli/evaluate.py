@@ -1,7 +1,9 @@
 """Benchmark evaluation: a model (or bicubic) against HR images, scored as the literature does.
 
-HR images are cropped to a multiple of the scale; their LR twins are read from a folder or made with MATLAB-style
-bicubic downscaling. Outputs are rounded to 8 bits before scoring, as saved images would be.
+HR images are cropped to a multiple of the scale; their LR twins are read from a folder or made from the HR image by
+a `Degradation` (MATLAB-style bicubic downscaling unless told otherwise). Outputs are rounded to 8 bits before
+scoring, as saved images would be. An optional perceptual distance (`perceptual_distance.py`, or any function of two
+images) is reported beside PSNR and SSIM, on the same pixels.
 """
 
 from __future__ import annotations
@@ -23,6 +25,14 @@ from esrgan_cli.resize import imresize, modcrop
 Upscale = Callable[[np.ndarray], np.ndarray]
 """An H×W×3 uint8 image → (H·s)×(W·s)×3 uint8."""
 
+MakeLR = Callable[[np.ndarray, int, str], np.ndarray]
+"""(HR image, H×W×3 uint8 with H and W multiples of the scale; the scale; the image's name) → its LR twin,
+(H/s)×(W/s)×3 uint8. The name is there so that a random degradation can seed each image by itself (from a seed and
+the name), which keeps every image's LR the same whatever the set's order or size."""
+
+Distance = Callable[[np.ndarray, np.ndarray], float]
+"""A perceptual distance of two same-size H×W×3 uint8 images: 0 for equal images, lower is better."""
+
 
 class EvalDataError(EsrganError):
     """The HR/LR folders cannot be paired."""
@@ -36,12 +46,30 @@ class EvalPair:
 
 
 @dataclass(frozen=True)
+class Degradation:
+    """How LR images are made from HR ones when no LR folder is given."""
+
+    name: str  # for reports
+    make: MakeLR
+
+
+def _bicubic_lr(hr: np.ndarray, scale: int, name: str) -> np.ndarray:
+    return imresize(hr, 1 / scale)
+
+
+BICUBIC = Degradation("bicubic", _bicubic_lr)
+"""MATLAB-style antialiased bicubic downscaling: the benchmarks' own (it reproduces Set5/Set14's LR_bicubic files)."""
+
+
+@dataclass(frozen=True)
 class ImageScore:
     name: str
     psnr: float
     ssim: float
     psnr_bicubic: float
     ssim_bicubic: float
+    perceptual: float | None = None  # None: no perceptual distance was computed
+    perceptual_bicubic: float | None = None
 
 
 @dataclass(frozen=True)
@@ -50,6 +78,8 @@ class Summary:
     ssim: float
     psnr_bicubic: float
     ssim_bicubic: float
+    perceptual: float | None = None
+    perceptual_bicubic: float | None = None
 
 
 def pair_images(hr_dir: Path, lr_dir: Path | None, scale: int) -> list[EvalPair]:
@@ -84,11 +114,16 @@ def bicubic(scale: int) -> Upscale:
     return run
 
 
-def load_pair(pair: EvalPair, scale: int) -> tuple[np.ndarray, np.ndarray]:
-    """(HR, LR) as uint8 H×W×3, the HR cropped to a multiple of `scale` and matching the LR."""
+def load_pair(pair: EvalPair, scale: int, degradation: Degradation = BICUBIC) -> tuple[np.ndarray, np.ndarray]:
+    """(HR, LR) as uint8 H×W×3, the HR cropped to a multiple of `scale` and matching the LR, which is read from
+    `pair.lr` or made by `degradation`."""
     hr = modcrop(to_uint8(read_image(pair.hr).rgb), scale)
     if pair.lr is None:
-        return hr, imresize(hr, 1 / scale)
+        lr = degradation.make(hr, scale, pair.name)
+        if lr.shape != (hr.shape[0] // scale, hr.shape[1] // scale, 3) or lr.dtype != np.uint8:
+            raise EsrganError(f"{pair.name}: the {degradation.name} degradation gave a {lr.dtype} image of shape "
+                              f"{lr.shape}, not 1/{scale} of the HR image in uint8")
+        return hr, lr
     lr = to_uint8(read_image(pair.lr).rgb)
     if (lr.shape[0] * scale, lr.shape[1] * scale) != hr.shape[:2]:
         raise ImageReadError(
@@ -98,19 +133,30 @@ def load_pair(pair: EvalPair, scale: int) -> tuple[np.ndarray, np.ndarray]:
     return hr, lr
 
 
-def score_pairs(pairs: list[EvalPair], upscale: Upscale, scale: int) -> Iterator[ImageScore]:
-    """Score each image as it is done (Y channel, `scale` border pixels cropped)."""
+def score_pairs(pairs: list[EvalPair], upscale: Upscale, scale: int, degradation: Degradation = BICUBIC,
+                distance: Distance | None = None) -> Iterator[ImageScore]:
+    """Score each image as it is done (Y channel, `scale` border pixels cropped; the perceptual distance, when
+    given, on the RGB image with the same border cropped)."""
     baseline = bicubic(scale)
     for pair in pairs:
-        hr, lr = load_pair(pair, scale)
+        hr, lr = load_pair(pair, scale, degradation)
         sr = upscale(lr)
         if sr.shape != hr.shape:
             raise EsrganError(f"{pair.name}: the model gave {sr.shape[1]}×{sr.shape[0]}, expected "
                               f"{hr.shape[1]}×{hr.shape[0]}")
         bic = baseline(lr)
+        perceptual = perceptual_bicubic = None
+        if distance is not None:
+            inner = _crop(hr, scale)
+            perceptual, perceptual_bicubic = distance(_crop(sr, scale), inner), distance(_crop(bic, scale), inner)
         yield ImageScore(
-            pair.name, psnr_y(sr, hr, scale), ssim_y(sr, hr, scale), psnr_y(bic, hr, scale), ssim_y(bic, hr, scale)
+            pair.name, psnr_y(sr, hr, scale), ssim_y(sr, hr, scale), psnr_y(bic, hr, scale), ssim_y(bic, hr, scale),
+            perceptual, perceptual_bicubic,
         )
+
+
+def _crop(image: np.ndarray, border: int) -> np.ndarray:
+    return image[border:-border, border:-border] if border else image
 
 
 def with_upscaler(upscaler: Upscaler, tile: int | None = None, overlap: int = DEFAULT_OVERLAP) -> Upscale:
@@ -126,7 +172,12 @@ def summarize(scores: list[ImageScore]) -> Summary:
     def mean(values: list[float]) -> float:
         return math.fsum(values) / len(values)
 
+    def mean_or_none(values: list[float | None]) -> float | None:
+        known = [v for v in values if v is not None]
+        return mean(known) if known and len(known) == len(values) else None
+
     return Summary(
         mean([s.psnr for s in scores]), mean([s.ssim for s in scores]),
         mean([s.psnr_bicubic for s in scores]), mean([s.ssim_bicubic for s in scores]),
+        mean_or_none([s.perceptual for s in scores]), mean_or_none([s.perceptual_bicubic for s in scores]),
     )

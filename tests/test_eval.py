@@ -1,4 +1,4 @@
-"""MATLAB-style resizing, literature PSNR/SSIM, and `esrgan eval`."""
+"""MATLAB-style resizing, literature PSNR/SSIM, and `esrgan eval` (with its perceptual distance)."""
 
 from __future__ import annotations
 
@@ -8,12 +8,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
+from safetensors.torch import save_file
 from test_cli import assert_one_line_error, esrgan
 
-from esrgan_cli.evaluate import EvalDataError, pair_images
+from esrgan_cli.errors import EsrganError
+from esrgan_cli.evaluate import Degradation, EvalDataError, load_pair, pair_images, score_pairs
 from esrgan_cli.metrics import psnr, psnr_y, ssim, y_channel
+from esrgan_cli.perceptual_distance import load_distance
 from esrgan_cli.resize import imresize, modcrop, resize_matrix
+from esrgan_cli.training.perceptual import PerceptualConfig, VGGFeatures
 
 from conftest import random_image
 
@@ -123,3 +128,80 @@ def test_eval_errors_are_one_line(tmp_path: Path) -> None:
     Image.new("RGB", (9, 8)).save(tmp_path / "lr" / "a.png")
     assert_one_line_error(esrgan("eval", "bicubic", "--hr", str(tmp_path / "hr"), "--lr", str(tmp_path / "lr")),
                           1, "is not 1/4 of")
+
+
+def test_lr_images_come_from_the_degradation_given(tmp_path: Path) -> None:
+    """The LR maker is a strategy: eval scores whatever LR images it makes, and refuses ones of the wrong size."""
+    (tmp_path / "hr").mkdir()
+    hr = (random_image(40, 48, seed=3) * 255).round().astype(np.uint8)
+    Image.fromarray(hr).save(tmp_path / "hr" / "pic.png")
+    seen: list[tuple[str, int, tuple[int, ...]]] = []
+
+    def every_fourth(image: np.ndarray, scale: int, name: str) -> np.ndarray:
+        seen.append((name, scale, image.shape))
+        return np.ascontiguousarray(image[::scale, ::scale])
+
+    pairs = pair_images(tmp_path / "hr", None, 4)
+    given: list[np.ndarray] = []
+
+    def nearest(lr: np.ndarray) -> np.ndarray:
+        given.append(lr)
+        return lr.repeat(4, axis=0).repeat(4, axis=1)
+
+    [score] = score_pairs(pairs, nearest, 4, Degradation("nearest", every_fourth))
+    assert seen == [("pic", 4, (40, 48, 3))]
+    assert np.array_equal(given[0], hr[::4, ::4])
+    assert score.perceptual is None and score.perceptual_bicubic is None
+    assert load_pair(pairs[0], 4)[1].shape == (10, 12, 3)  # the default: bicubic
+    wrong = Degradation("wrong", lambda image, scale, name: image[::2, ::2])
+    with pytest.raises(EsrganError, match="the wrong degradation gave"):
+        list(score_pairs(pairs, nearest, 4, wrong))
+
+
+def test_eval_reports_the_perceptual_distance_beside_psnr(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    vgg = VGGFeatures(PerceptualConfig("conv3_4"))
+    vgg_path = tmp_path / "vgg.safetensors"
+    save_file({k: v.contiguous() for k, v in vgg.state_dict().items()}, str(vgg_path))
+    (tmp_path / "hr").mkdir()
+    for i in range(2):
+        Image.fromarray((random_image(44, 52, seed=i) * 255).round().astype(np.uint8)).save(
+            tmp_path / "hr" / f"img{i}.png")
+    r = esrgan("eval", "bicubic", "--hr", tmp_path / "hr", "--perceptual-weights", vgg_path, "--json")
+    assert r.returncode == 0, r.stderr
+    data = json.loads(r.stdout)
+    assert data["perceptual_distance"] == {"weights": str(vgg_path), "input": "imagenet-rgb",
+                                           "layers": ["relu1_2", "relu2_2", "relu3_4"]}
+    assert data["degradation"] == "bicubic"
+    # Bicubic against itself; each figure is the distance of the 4-pixel-cropped images, computed here directly.
+    distance = load_distance(vgg_path)
+    for i, image in enumerate(data["images"]):
+        hr = modcrop(np.asarray(Image.open(tmp_path / "hr" / f"img{i}.png")), 4)
+        sr = imresize(imresize(hr, 1 / 4), size=hr.shape[:2])
+        assert image["perceptual"] == image["perceptual_bicubic"] > 0
+        assert image["perceptual"] == pytest.approx(distance(sr[4:-4, 4:-4], hr[4:-4, 4:-4]), rel=1e-6)
+    assert data["mean"]["perceptual"] == pytest.approx(np.mean([x["perceptual"] for x in data["images"]]))
+    table = esrgan("eval", "bicubic", "--hr", tmp_path / "hr", "--perceptual-weights", vgg_path)
+    assert table.returncode == 0, table.stderr
+    assert "percept" in table.stdout.splitlines()[0] and "lower is better" in table.stdout
+
+
+def test_eval_without_vgg_weights_skips_the_distance_with_a_note(tmp_path: Path) -> None:
+    (tmp_path / "hr").mkdir()
+    Image.fromarray((random_image(32, 32) * 255).round().astype(np.uint8)).save(tmp_path / "hr" / "a.png")
+    empty_cache = {"HF_HOME": str(tmp_path / "hf"), "ESRGAN_CACHE": str(tmp_path / "cache")}
+    r = esrgan("eval", "bicubic", "--hr", tmp_path / "hr", "--json", env=empty_cache)
+    assert r.returncode == 0, r.stderr
+    assert "note: no perceptual distance" in r.stderr and "--perceptual-weights" in r.stderr
+    data = json.loads(r.stdout)
+    assert data["perceptual_distance"] is None and data["images"][0]["perceptual"] is None
+    assert data["mean"]["perceptual"] is None
+    # Asked for the Hub copy with no network: the same note, and the scores still come.
+    hub = esrgan("eval", "bicubic", "--hr", tmp_path / "hr", "--perceptual-weights", "hub", env=empty_cache)
+    assert hub.returncode == 0 and "note: no perceptual distance" in hub.stderr, hub.stderr
+    assert "percept" not in hub.stdout and "mean" in hub.stdout
+    quiet = esrgan("eval", "bicubic", "--hr", tmp_path / "hr", "--perceptual-weights", "none", env=empty_cache)
+    assert quiet.returncode == 0 and quiet.stderr == "", quiet.stderr
+    # A file that is not there is a mistake, not a missing download.
+    assert_one_line_error(esrgan("eval", "bicubic", "--hr", tmp_path / "hr", "--perceptual-weights",
+                                 tmp_path / "nope.safetensors"), 1, "no such VGG19 weights file")

@@ -130,7 +130,8 @@ def test_bad_hf_spec(spec: str) -> None:
 
 
 def test_unknown_name_lists_known_models() -> None:
-    known = "known models: compact-psnr-x4, compact-x4, esrgan-psnr-x4, esrgan-x4"
+    known = ("known models: compact-psnr-x4, compact-x4, esrgan-psnr-x4, esrgan-x4, realesrgan-x2plus, "
+             "realesrgan-x4plus, realesrgan-x4plus-anime-6b")
     with pytest.raises(ModelNotFoundError, match=known):
         resolve_model("no-such-model")
 
@@ -202,3 +203,99 @@ def test_damaged_or_missing_bundled_model_is_a_clear_error(tmp_path: Path) -> No
     (tmp_path / "tiny.fp16.safetensors").unlink()
     with pytest.raises(ModelNotFoundError, match="missing from this installation"):
         resolve_model("tiny", load_registry(reg))
+
+
+# Real-ESRGAN's RRDBNet models, each pinned to a Hub commit whose LFS pointers state these sha256s and sizes
+# (weights/README.md cites them). The x4plus sha256 and size are also those of the official release file.
+REAL_ESRGAN = {
+    "realesrgan-x4plus": ("RealESRGAN_x4plus.pth", RRDBConfig(num_block=23, scale=4)),
+    "realesrgan-x4plus-anime-6b": ("RealESRGAN_x4plus_anime_6B.pth", RRDBConfig(num_block=6, scale=4)),
+    "realesrgan-x2plus": ("RealESRGAN_x2plus.pth", RRDBConfig(num_block=23, scale=2)),
+}
+OFFICIAL_X4PLUS = ("4fa0d38905f75ac06eb49a7951b426670021be3018265fd191d2125df9d682f1", 67_040_989)
+
+
+def test_real_esrgan_entries_are_pinned_licensed_and_documented() -> None:
+    registry = load_registry()
+    card = (weights_dir() / "README.md").read_text(encoding="utf-8")
+    for name, (filename, config) in REAL_ESRGAN.items():
+        entry = registry.models[name]
+        assert isinstance(entry.source, HubFile) and entry.source.filename == filename, name
+        assert entry.license == "BSD-3-Clause" and entry.config == config, name
+        for fact in (name, entry.source.repo, entry.source.revision, entry.source.sha256, f"{entry.size:,}"):
+            assert str(fact) in card, (name, fact)
+    x4plus = registry.models["realesrgan-x4plus"]
+    assert (x4plus.source.sha256, x4plus.size) == OFFICIAL_X4PLUS
+    assert registry.models["realesrgan-x2plus"].config.unshuffle == 2  # conv_first takes 12 planes
+
+
+def test_registry_architectures_are_the_shared_real_esrgan_files(shared: Path) -> None:
+    """The fp16 conversions in ../shared differ from the Hub files byte for byte but not in architecture."""
+    registry = load_registry()
+    for name in ("realesrgan-x4plus", "realesrgan-x4plus-anime-6b"):
+        detected = load_weights(shared / "weights" / f"{name}.fp16.safetensors").config
+        assert detected == registry.models[name].config, name
+
+
+@pytest.mark.parametrize("name", sorted(REAL_ESRGAN))
+def test_models_download_verifies_the_pinned_sha256(hub, tmp_path: Path, name: str) -> None:
+    """A file of the right size but other bytes is refused by `esrgan models download` and removed."""
+    from click.testing import CliRunner
+
+    from esrgan_cli.cli import cli
+
+    files, calls = hub
+    entry = load_registry().models[name]
+    assert isinstance(entry.source, HubFile) and entry.size
+    impostor = tmp_path / "hub" / entry.source.filename
+    impostor.parent.mkdir()
+    with impostor.open("wb") as f:
+        f.truncate(entry.size)  # zeros, sparse: the size check passes, the sha256 check must not
+    files[f"{entry.source.repo}/{entry.source.filename}"] = impostor
+    result = CliRunner().invoke(cli, ["models", "download", name])
+    assert result.exit_code == 1
+    assert calls == [(entry.source.repo, entry.source.filename, entry.source.revision)]
+    assert f"sha256 of {entry.source.where()} is " in result.stderr
+    assert f"expected {entry.source.sha256}" in result.stderr
+    assert not impostor.exists() and not (tmp_path / "cache" / "converted").exists()
+
+
+def test_an_x2_real_esrgan_checkpoint_downloads_converts_and_runs(hub, tmp_path: Path) -> None:
+    """The x2plus layout: BasicSR keys in params_ema, conv_first on the 2×2 pixel-unshuffled image (12 planes)."""
+    import numpy as np
+
+    from esrgan_cli.engine import Upscaler, choose_placement
+
+    files, _ = hub
+    model = tiny_model(RRDBConfig(num_feat=8, num_block=1, num_grow=4, scale=2))
+    assert model.state_dict()["conv_first.weight"].shape[1] == 12
+    pth = tmp_path / "hub" / "RealESRGAN_x2plus.pth"
+    pth.parent.mkdir()
+    torch.save({"params_ema": model.state_dict()}, pth)
+    files["someone/models/m.pth"] = pth
+    arch = {"num_feat": 8, "num_block": 1, "num_grow": 4, "scale": 2}
+    registry = load_registry(make_registry(tmp_path, pth, arch=arch, license="BSD-3-Clause"))
+    weights = load_weights(resolve_model("tiny", registry).path)
+    assert weights.config == registry.models["tiny"].config == RRDBConfig(num_feat=8, num_block=1, num_grow=4,
+                                                                           scale=2, unshuffle=2)
+    out = Upscaler(weights, choose_placement("cpu", "fp32")).upscale(np.zeros((10, 14, 3), np.uint8))
+    assert out.shape == (20, 28, 3)
+
+
+def test_models_list_shows_the_real_esrgan_entries_with_their_license(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from esrgan_cli.cli import cli
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("ESRGAN_CACHE", str(tmp_path / "cache"))
+    result = CliRunner().invoke(cli, ["models", "list"])
+    assert result.exit_code == 0, result.output
+    rows = {line.split()[0]: line.split() for line in result.stdout.splitlines()[1:-1]}
+    assert rows["realesrgan-x4plus"][1:6] == ["x4", "67", "MB", "BSD-3-Clause", "no"]
+    assert rows["realesrgan-x4plus-anime-6b"][1:6] == ["x4", "18", "MB", "BSD-3-Clause", "no"]
+    assert rows["realesrgan-x2plus"][1:6] == ["x2", "67", "MB", "BSD-3-Clause", "no"]
+    header = result.stdout.splitlines()[0]
+    for line in result.stdout.splitlines()[1:-1]:  # the columns line up, however long the name
+        assert line.index(" x") + 1 == header.index("scale") + 3, line

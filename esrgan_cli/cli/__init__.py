@@ -1,7 +1,7 @@
 """The `esrgan` command line: the only package that prints, exits, or uses click and rich.
 
-One module per verb group (`upscale`, `models` for blend/convert/info/models, `train` for train/eval). Heavy modules
-(torch, numpy, Pillow) are imported inside the commands so that `esrgan --help` and `--version` answer at once.
+One module per verb group (`upscale`, `models` for blend/convert/info/models, `train`, `evaluate` for eval). Heavy
+modules (torch, numpy, Pillow) are imported inside the commands so that `esrgan --help` and `--version` answer at once.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import click
 
 from esrgan_cli import __version__
 from esrgan_cli.capture import keep_python_stderr, restore_python_stderr
-from esrgan_cli.cli import models, train, upscale
+from esrgan_cli.cli import evaluate, models, train, upscale
 from esrgan_cli.cli.common import SETTINGS, say
 from esrgan_cli.errors import EsrganError
 
@@ -37,7 +37,7 @@ def cli(debug: bool) -> None:
     SETTINGS.debug = SETTINGS.debug or debug
 
 
-for _module in (upscale, models, train):
+for _module in (upscale, models, train, evaluate):
     _module.register(cli)
 
 

@@ -195,12 +195,14 @@ def models_list(as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps([dataclasses.asdict(m) for m in infos], indent=2))
         return
-    click.echo(f"{'name':<18} {'scale':>5} {'size':>8}  {'license':<12} {'cached':<6} description")
+    width = max(18, *(len(m.name) + 2 for m in infos))  # room for the longest name and the default's " *"
+    lic = max(12, *(len(m.license) + 1 for m in infos))
+    click.echo(f"{'name':<{width}} {'scale':>5} {'size':>8}  {'license':<{lic}} {'cached':<6} description")
     for m in infos:
         mb = m.size_bytes / 1e6 if m.size_bytes else None
         size = "?" if mb is None else f"{mb:.1f} MB" if mb < 10 else f"{mb:.0f} MB"
         name = f"{m.name}{' *' if m.default else ''}"
-        click.echo(f"{name:<18} {'x' + str(m.scale):>5} {size:>8}  {m.license:<12} "
+        click.echo(f"{name:<{width}} {'x' + str(m.scale):>5} {size:>8}  {m.license:<{lic}} "
                    f"{'yes' if m.cached else 'no':<6} {m.description}")
     click.echo("(* default)")
 

@@ -1,4 +1,4 @@
-"""`esrgan train` and `esrgan eval`: the command-line side of training and benchmarking (printing lives here)."""
+"""`esrgan train`: the command-line side of training (printing lives here); `esrgan eval` is in `evaluate.py`."""
 
 from __future__ import annotations
 
@@ -296,71 +296,6 @@ class _TrainProgress:
             self.bar.stop()
 
 
-@click.command("eval")
-@click.argument("model", metavar="MODEL")
-@click.option("--hr", "hr_dir", type=click.Path(path_type=Path), required=True, help="Folder of HR images.")
-@click.option("--lr", "lr_dir", type=click.Path(path_type=Path), default=None,
-              help="Folder of LR images (NAME or NAMEx4); default: made from HR by MATLAB-style bicubic.")
-@click.option("--scale", type=click.IntRange(min=1), default=None,
-              help="Only for MODEL 'bicubic' [default: 4]; a model's own scale is used otherwise.")
-@click.option("--tile", type=click.IntRange(min=0), default=None,
-              help="Tile size in input pixels; 0 runs each image whole [default: whole when it fits in memory].")
-@click.option("--device", default="auto", show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def evaluate(model: str, hr_dir: Path, lr_dir: Path | None, scale: int | None, tile: int | None, device: str,
-             as_json: bool) -> None:
-    """Y-channel PSNR and SSIM of MODEL on a benchmark, beside bicubic.
-
-    As in the literature: BT.601 luma, `scale` border pixels cropped, outputs
-    rounded to 8 bits. MODEL is a model name, file or hf: spec, or `bicubic`.
-
-    \b
-    Examples:
-      esrgan eval bicubic --hr Set5/HR --lr Set5/LR_bicubic/X4
-      esrgan eval runs/psnr/model_100000.safetensors --hr Set14/HR --json
-    """
-    import json
-
-    from esrgan_cli.evaluate import bicubic, pair_images, score_pairs, summarize, with_upscaler
-
-    if model == "bicubic":
-        s = scale or 4
-        upscale = bicubic(s)
-        label = "bicubic"
-    else:
-        from esrgan_cli.engine import Upscaler, choose_placement
-        from esrgan_cli.registry import resolve_model
-        from esrgan_cli.weights import load_weights
-
-        weights = load_weights(resolve_model(model).path)
-        if scale is not None and scale != weights.config.scale:
-            raise click.UsageError(f"--scale {scale} differs from the model's x{weights.config.scale}")
-        # fp32 everywhere: a benchmark figure must not depend on the device's half precision.
-        upscaler = Upscaler(weights, choose_placement(device, "fp32"))
-        s = upscaler.scale
-        upscale = with_upscaler(upscaler, tile)
-        label = model
-    pairs = pair_images(hr_dir, lr_dir, s)
-    if not as_json:
-        click.echo(f"{'image':<20} {'PSNR':>8} {'SSIM':>8}   {'bicubic':>8} {'SSIM':>8}")
-    scores = []
-    for score in score_pairs(pairs, upscale, s):
-        scores.append(score)
-        if not as_json:
-            click.echo(f"{score.name:<20} {score.psnr:8.2f} {score.ssim:8.4f}   {score.psnr_bicubic:8.2f} "
-                       f"{score.ssim_bicubic:8.4f}")
-    mean = summarize(scores)
-    if as_json:
-        data = {"model": label, "scale": s, "hr": str(hr_dir), "lr": str(lr_dir) if lr_dir else None,
-                "images": [vars(x) for x in scores], "mean": vars(mean)}
-        click.echo(json.dumps(data, indent=2))
-        return
-    click.echo(f"{'mean':<20} {mean.psnr:8.2f} {mean.ssim:8.4f}   {mean.psnr_bicubic:8.2f} {mean.ssim_bicubic:8.4f}")
-    click.echo(f"({label}: PSNR dB, SSIM | bicubic: PSNR dB, SSIM; Y channel, {s}-pixel border cropped, "
-               f"{len(scores)} images)")
-
-
 def register(group: click.Group) -> None:
     group.add_command(train)
-    group.add_command(evaluate)
 

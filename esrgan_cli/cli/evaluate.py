@@ -1,0 +1,148 @@
+"""`esrgan eval`: a model (or bicubic) scored on a benchmark as the literature does, plus a perceptual distance."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+from esrgan_cli.cli.common import say
+from esrgan_cli.cli.train import PERCEPTUAL_INPUT_CHOICES
+from esrgan_cli.errors import ModelNotFoundError
+
+if TYPE_CHECKING:
+    from esrgan_cli.device import Placement
+    from esrgan_cli.evaluate import ImageScore, Summary, Upscale
+    from esrgan_cli.perceptual_distance import InputConvention, PerceptualDistance
+
+
+@click.command("eval")
+@click.argument("model", metavar="MODEL")
+@click.option("--hr", "hr_dir", type=click.Path(path_type=Path), required=True, help="Folder of HR images.")
+@click.option("--lr", "lr_dir", type=click.Path(path_type=Path), default=None,
+              help="Folder of LR images (NAME or NAMEx4); default: made from HR by MATLAB-style bicubic.")
+@click.option("--scale", type=click.IntRange(min=1), default=None,
+              help="Only for MODEL 'bicubic' [default: 4]; a model's own scale is used otherwise.")
+@click.option("--tile", type=click.IntRange(min=0), default=None,
+              help="Tile size in input pixels; 0 runs each image whole [default: whole when it fits in memory].")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--perceptual-weights", default="auto", show_default=True, metavar="auto|hub|none|PATH",
+              help="VGG19 weights for the perceptual distance, as `esrgan train` takes them: a local file, hub "
+                   "(timm/vgg19.tv_in1k, downloaded once, 575 MB), none, or auto: the Hub copy if it is already "
+                   "cached, else none, with a note.")
+@click.option("--perceptual-input", type=click.Choice(PERCEPTUAL_INPUT_CHOICES), default="auto", show_default=True,
+              help="The VGG weights' input convention; auto reads the file's metadata.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def evaluate(model: str, hr_dir: Path, lr_dir: Path | None, scale: int | None, tile: int | None, device: str,
+             perceptual_weights: str, perceptual_input: InputConvention, as_json: bool) -> None:
+    """Y-channel PSNR and SSIM of MODEL on a benchmark, beside bicubic, and a perceptual distance.
+
+    As in the literature: BT.601 luma, `scale` border pixels cropped, outputs
+    rounded to 8 bits. MODEL is a model name, file or hf: spec, or `bicubic`.
+    The perceptual distance is LPIPS without its learned weights: unit-normalised
+    VGG19 features (relu1_2, relu2_2, relu3_4) compared on RGB; lower is better.
+
+    \b
+    Examples:
+      esrgan eval bicubic --hr Set5/HR --lr Set5/LR_bicubic/X4
+      esrgan eval runs/psnr/model_100000.safetensors --hr Set14/HR --json
+      esrgan eval compact-x4 --hr Set14/HR --perceptual-weights vgg19.safetensors
+    """
+    import json
+
+    from esrgan_cli.device import choose_placement
+    from esrgan_cli.evaluate import BICUBIC, pair_images, score_pairs, summarize
+
+    # fp32 everywhere: a benchmark figure must not depend on the device's half precision.
+    placement = choose_placement(device, "fp32")
+    upscale, s, label = _upscaler(model, scale, tile, placement)
+    pairs = pair_images(hr_dir, lr_dir, s)
+    distance, note = _distance(perceptual_weights, perceptual_input, placement)
+    with_distance = distance is not None
+    if not as_json:
+        click.echo(_row("image", "PSNR", "SSIM", "percept", "bicubic", "SSIM", "percept", with_distance))
+    scores = []
+    for score in score_pairs(pairs, upscale, s, BICUBIC, distance):
+        scores.append(score)
+        if not as_json:
+            click.echo(_score_row(score.name, score, with_distance))
+    mean = summarize(scores)
+    if as_json:
+        data = {"model": label, "scale": s, "hr": str(hr_dir), "lr": str(lr_dir) if lr_dir else None,
+                "degradation": None if lr_dir else BICUBIC.name,
+                "perceptual_distance": distance.describe() if distance else None,
+                "images": [vars(x) for x in scores], "mean": vars(mean)}
+        click.echo(json.dumps(data, indent=2))
+    else:
+        _print_footer(label, s, len(scores), mean, distance)
+    if note:  # after the figures, so that a failure on the way stays a one-line error
+        say(f"note: no perceptual distance: {note}")
+
+
+def _print_footer(label: str, s: int, n: int, mean: Summary, distance: PerceptualDistance | None) -> None:
+    click.echo(_score_row("mean", mean, distance is not None))
+    columns = "PSNR dB, SSIM, perceptual distance" if distance else "PSNR dB, SSIM"
+    click.echo(f"({label}: {columns} | bicubic: {columns}; Y channel, {s}-pixel border cropped, {n} images)")
+    if distance is not None:
+        from esrgan_cli.perceptual_distance import relu_name
+
+        layers = ", ".join(relu_name(name) for name in distance.config.layers)
+        click.echo(f"(perceptual distance: unit-normalised VGG19 {layers} features, LPIPS without learned weights, "
+                   f"lower is better, not comparable with published LPIPS; weights {distance.source})")
+
+
+def _upscaler(model: str, scale: int | None, tile: int | None, placement: Placement) -> tuple[Upscale, int, str]:
+    """MODEL as an 8-bit upscaler, its scale, and its label."""
+    from esrgan_cli.evaluate import bicubic, with_upscaler
+
+    if model == "bicubic":
+        s = scale or 4
+        return bicubic(s), s, "bicubic"
+    from esrgan_cli.engine import Upscaler
+    from esrgan_cli.registry import resolve_model
+    from esrgan_cli.weights import load_weights
+
+    weights = load_weights(resolve_model(model).path)
+    if scale is not None and scale != weights.config.scale:
+        raise click.UsageError(f"--scale {scale} differs from the model's x{weights.config.scale}")
+    upscaler = Upscaler(weights, placement)
+    return with_upscaler(upscaler, tile), upscaler.scale, model
+
+
+def _distance(weights: str, convention: InputConvention,
+              placement: Placement) -> tuple[PerceptualDistance | None, str | None]:
+    """The perceptual distance, or None and why not when no VGG19 weights are at hand."""
+    if weights == "none":
+        return None, None
+    from esrgan_cli.perceptual_distance import hub_weights_cached, load_distance
+
+    if weights == "auto":
+        if not hub_weights_cached():
+            return None, ("the VGG19 weights (timm/vgg19.tv_in1k) are not cached; pass --perceptual-weights hub "
+                          "to download them (575 MB) or --perceptual-weights PATH")
+        weights = "hub"
+    try:
+        return load_distance(weights, convention, placement.device), None
+    except ModelNotFoundError as e:
+        if weights != "hub":  # a file that is not there is a mistake, not a missing download
+            raise
+        return None, str(e)
+
+
+def _row(name: str, a: str, b: str, c: str, d: str, e: str, f: str, with_distance: bool) -> str:
+    if with_distance:
+        return f"{name:<20} {a:>8} {b:>8} {c:>8}   {d:>8} {e:>8} {f:>8}"
+    return f"{name:<20} {a:>8} {b:>8}   {d:>8} {e:>8}"
+
+
+def _score_row(name: str, x: ImageScore | Summary, with_distance: bool) -> str:
+    def dist(v: float | None) -> str:
+        return "" if v is None else f"{v:.4f}"
+
+    return _row(name, f"{x.psnr:.2f}", f"{x.ssim:.4f}", dist(x.perceptual), f"{x.psnr_bicubic:.2f}",
+                f"{x.ssim_bicubic:.4f}", dist(x.perceptual_bicubic), with_distance)
+
+
+def register(group: click.Group) -> None:
+    group.add_command(evaluate)
