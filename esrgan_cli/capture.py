@@ -4,7 +4,9 @@ Pillow warns about corrupt EXIF, broken APNG chunks and oversized TIFF tags, and
 ("Fax4Decode: Bad code word …") straight to file descriptor 2. Both are collected here so the caller can make
 one note of them. The redirection of fd 2 is process-wide, so one lock serialises every capture: a batch decodes
 on a reader thread while the main thread computes. The command line points its own `sys.stderr` at a duplicate
-of fd 2 before any work (`keep_python_stderr`), so its messages never land in a capture.
+of fd 2 before any work (`keep_python_stderr`), so its messages never land in a capture. Python's warning
+filters are process-wide too (before Python 3.14's context-aware warnings): a warning that another thread raises
+during a capture would land in that file's note; esrgan's compute thread raises none in normal operation.
 """
 
 from __future__ import annotations
