@@ -5,11 +5,19 @@
 
 Every panel is the ×4 output of the whole input (no tiling), so differences come from the models alone. `--zoom
 X,Y,W,H` adds a second row: that region of each output (output pixels), enlarged 2× with nearest neighbours.
+
+`--web-jpeg FACTOR,QUALITY` first makes the input what a photo found on the web looks like: shrunk FACTOR times
+(Pillow's antialiased bicubic) and saved as a JPEG at QUALITY; that JPEG is the models' input:
+
+    python docs/side_by_side.py examples/chelsea.png -o docs/real-photo.png --web-jpeg 2,55 \
+        --model compact-x4 compact-x4 --model compact-real-x4 "compact-real-x4 (default)" \
+        --model ../shared/weights/realesrgan-x4plus.fp16.safetensors "Real-ESRGAN x4plus"
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 from pathlib import Path
 
 from PIL import Image
@@ -24,13 +32,15 @@ def main() -> None:
     parser.add_argument("image", type=Path)
     parser.add_argument("-o", "--output", type=Path, required=True)
     parser.add_argument("--zoom", default=None, metavar="X,Y,W,H")
+    parser.add_argument("--web-jpeg", default=None, metavar="FACTOR,QUALITY")
     parser.add_argument("--model", nargs=2, action="append", metavar=("MODEL", "LABEL"), required=True)
     args = parser.parse_args()
 
-    image = read_image(args.image)
+    path = args.image if args.web_jpeg is None else web_jpeg(args.image, args.web_jpeg, args.output)
+    image = read_image(path)
     panels = [Image.fromarray(imresize(to_uint8(image.rgb), 4))]
     labels = ["bicubic"]
-    with Image.open(args.image) as source:
+    with Image.open(path) as source:
         source.load()
         for spec, label in args.model:
             panels.append(esrgan_cli.load_model(spec, device="cpu").upscale(source, tile=0))
@@ -47,6 +57,19 @@ def main() -> None:
         sheet = both
     sheet.save(args.output, optimize=True)
     print(f"wrote {args.output}")
+
+
+def web_jpeg(photo: Path, spec: str, output: Path) -> Path:
+    """The photo shrunk and saved as a JPEG, written beside the figure (…-input.jpg) so readers can try it too."""
+    factor, quality = (int(v) for v in spec.split(","))
+    with Image.open(photo) as img:
+        small = img.convert("RGB").resize((img.width // factor, img.height // factor), Image.Resampling.BICUBIC)
+    buf = io.BytesIO()
+    small.save(buf, "JPEG", quality=quality)
+    target = output.with_name(f"{output.stem}-input.jpg")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(buf.getvalue())
+    return target
 
 
 if __name__ == "__main__":
