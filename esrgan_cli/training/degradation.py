@@ -221,8 +221,15 @@ def draw_batch(config: DegradationConfig, seed: int, iteration: int) -> BatchDra
 # -- applying them ----------------------------------------------------------------------------------------------
 
 
-def stage_kernels(draws: Draws, s: str, grid: int, device: torch.device) -> torch.Tensor:
+def _grid(sizes: torch.Tensor, applied: torch.Tensor) -> int:
+    """The smallest square that holds the batch's kernels (those applied): no work on rings of zeros."""
+    used = sizes[applied.bool()]
+    return int(used.max()) if len(used) else 1
+
+
+def stage_kernels(draws: Draws, s: str, device: torch.device) -> torch.Tensor:
     """The blur of round `s` ("1" or "2") for each image: its kernel, or the identity where it has none."""
+    grid = _grid(draws[f"size{s}"], draws[f"blur{s}"])
     d = {k: v.to(device) for k, v in draws.items() if k.endswith(s)}
     blur = blur_kernels(d[f"kind{s}"].clamp(max=PLATEAU), d[f"sigma{s}"], d[f"theta{s}"], d[f"beta{s}"],
                         d[f"size{s}"], grid)
@@ -266,22 +273,22 @@ def _resize(x: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
 
 
 @torch.no_grad()
-def degrade(hr: torch.Tensor, draws: Draws, batch: BatchDraw, config: DegradationConfig, scale: int) -> torch.Tensor:
+def degrade(hr: torch.Tensor, draws: Draws, batch: BatchDraw, scale: int) -> torch.Tensor:
     """HR patches (B×3×H×W in [0, 1], on the training device) → their LR (B×3×H/scale×W/scale), rounded to 8-bit
     levels, made with the per-image `draws` (from `draw_sample`) and the batch's shared `batch` choices."""
     b, _, h, w = hr.shape
     if h % scale or w % scale:
         raise ValueError(f"the HR patches ({h}×{w}) must be multiples of the scale {scale}")
     dev = hr.device
-    grid = config.kernel_sizes[1]
     q = {s: draws[f"quality{s}"].to(dev) for s in ("1", "2")}
-    x = filter_each(hr.float(), stage_kernels(draws, "1", grid, dev))
+    x = filter_each(hr.float(), stage_kernels(draws, "1", dev))
     x = _resize(x, (int(h * batch.scale1), int(w * batch.scale1)), batch.mode1)
     x = add_noise(x, draws["gaussian1"], draws["noise1"], draws["gray1"], draws["seed1"])
     x = jpeg(x, q["1"])
-    x = filter_each(x, stage_kernels(draws, "2", grid, dev))
+    x = filter_each(x, stage_kernels(draws, "2", dev))
     x = _resize(x, (int(h / scale * batch.scale2), int(w / scale * batch.scale2)), batch.mode2)
     x = add_noise(x, draws["gaussian2"], draws["noise2"], draws["gray2"], draws["seed2"])
+    grid = _grid(draws["sinc_size"], draws["sinc"])
     sinc = sinc_kernels(draws["sinc_omega"].to(dev), draws["sinc_size"].to(dev), grid)
     sinc = torch.where(draws["sinc"].to(dev)[:, None, None], sinc, identity_kernels(b, grid, dev))
     if batch.jpeg_last:

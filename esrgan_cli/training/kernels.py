@@ -92,3 +92,32 @@ def filter_each(x: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
     weight = kernels.to(x.dtype).repeat_interleave(c, dim=0)[:, None]  # (B·C)×1×k×k, one group per channel
     out = F.conv2d(pad(x, k // 2).reshape(1, b * c, h + k - 1, w + k - 1), weight, groups=b * c)
     return out.view(b, c, h, w)
+
+
+def gaussian_1d(size: int, sigma: float, device: torch.device | None = None) -> torch.Tensor:
+    """A normalised 1-D Gaussian of odd `size` (float32)."""
+    x = torch.arange(size, dtype=torch.float64, device=device) - size // 2
+    k = torch.exp(-(x**2) / (2 * sigma**2))
+    return (k / k.sum()).float()
+
+
+def separable_blur(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+    """B×C×H×W filtered by the 1-D `kernel` along both axes (mirror padding), same size out."""
+    c, k = x.shape[1], kernel.numel()
+    w = kernel.to(x.dtype).view(1, 1, 1, k).expand(c, 1, 1, k)
+    padded = pad(x, k // 2)
+    return F.conv2d(F.conv2d(padded, w, groups=c), w.transpose(-1, -2), groups=c)
+
+
+# Real-ESRGAN's sharpened targets: OpenCV's Gaussian for a 51-pixel window (σ = 0.3·(51/2 - 1) + 0.8 = 8), half the
+# high-pass added back, only where it exceeds 10 levels (a softened mask, so flat areas keep their noise-free look).
+USM_SIZE, USM_SIGMA, USM_WEIGHT, USM_THRESHOLD = 51, 8.0, 0.5, 10 / 255
+
+
+def unsharp_mask(x: torch.Tensor) -> torch.Tensor:
+    """B×C×H×W in [0, 1] → sharpened by unsharp masking, clipped to [0, 1] (Real-ESRGAN's `--sharpen-gt` targets)."""
+    kernel = gaussian_1d(USM_SIZE, USM_SIGMA, x.device)
+    residual = x - separable_blur(x, kernel)
+    mask = separable_blur((residual.abs() > USM_THRESHOLD).to(x.dtype), kernel)
+    sharp = (x + USM_WEIGHT * residual).clamp(0, 1)
+    return mask * sharp + (1 - mask) * x
