@@ -223,7 +223,7 @@ def patches(tmp_path: Path) -> RealPatches:
 def _lr_batches(patches: RealPatches, workers: int, iterations: range, batch: int = 4) -> list[torch.Tensor]:
     loader = DataLoader(patches, batch_sampler=IterationSampler(iterations.start, iterations.stop, batch),
                         num_workers=workers)
-    return [degrade(hr, draws, draw_batch(patches.degradation, patches.seed, it), patches.degradation, 4)
+    return [degrade(hr, draws, draw_batch(patches.degradation, patches.seed, it), 4)
             for it, (hr, draws) in zip(iterations, loader, strict=True)]
 
 
