@@ -252,14 +252,11 @@ def add_noise(x: torch.Tensor, gaussian: torch.Tensor, level: torch.Tensor, gray
     for i in range(len(x)):
         img = x[i : i + 1]
         g = torch.Generator(device=x.device).manual_seed(int(seeds[i]))
-        if bool(gray[i]):
-            img_noise = luma(img)
-        else:
-            img_noise = img
+        source = luma(img) if bool(gray[i]) else img  # gray noise: one plane, from the luma's photon counts
         if bool(gaussian[i]):
-            noise = torch.randn(img_noise.shape, generator=g, device=x.device) * (float(level[i]) / 255)
+            noise = torch.randn(source.shape, generator=g, device=x.device) * (float(level[i]) / 255)
         else:
-            counts = (img_noise.clamp(0, 1) * 255).round()
+            counts = (source.clamp(0, 1) * 255).round()
             noise = (torch.poisson(counts, generator=g) - counts) / 255 * float(level[i])
         out.append(img + noise)
     return torch.cat(out).clamp(0, 1)
