@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from esrgan_cli.cli.common import say
+from esrgan_cli.cli.train_real import FIXED_ON_RESUME, real_world_fields, real_world_options, resumed_real_world
 from esrgan_cli.errors import EsrganError
 
 if TYPE_CHECKING:  # the modules themselves are imported when a command runs, so that --help stays fast
@@ -88,6 +89,7 @@ def _milestones(ctx: click.Context, param: click.Parameter, value: str | None) -
               help="GAN stage: weight of the relativistic GAN term.")
 @click.option("--pixel-weight", type=click.FloatRange(min=0), default=1e-2, show_default=True,
               help="GAN stage: weight of the L1 term.")
+@real_world_options
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar; warnings and errors still go to stderr.")
 @click.pass_context
 def train(ctx: click.Context, stage: Stage, data: Path | None, run_dir: Path, val: Path | None, iters: int | None,
@@ -96,7 +98,9 @@ def train(ctx: click.Context, stage: Stage, data: Path | None, run_dir: Path, va
           log_every: int, resume: bool, device: str, precision: Precision, seed: int, workers: int | None,
           weight_init: WeightInit, init_path: Path | None, perceptual_weights: str, perceptual_layer: VGGLayer,
           perceptual_input: PerceptualInput,
-          perceptual_weight: float, gan_weight: float, pixel_weight: float, quiet: bool) -> None:
+          perceptual_weight: float, gan_weight: float, pixel_weight: float, degradation: str,
+          degradation_config: Path | None, sharpen_gt: bool, discriminator: str, teacher: str | None,
+          teacher_weight: float, teacher_cache: Path | None, quiet: bool) -> None:
     """Train RRDBNet the ESRGAN way: --stage psnr, then --stage gan from it.
 
     Every --save-every iterations the EMA model is written as RUN/model_<iter>.safetensors (usable by `esrgan
@@ -108,6 +112,7 @@ def train(ctx: click.Context, stage: Stage, data: Path | None, run_dir: Path, va
       esrgan train --stage psnr --data photos/ --val val/ --out runs/psnr --iters 100000
       esrgan train --stage psnr --out runs/psnr --resume
       esrgan train --stage gan --data photos/ --init runs/psnr/model_100000.safetensors --out runs/gan
+      esrgan train --stage psnr --data photos/ --out runs/real --degradation real --teacher x4plus.safetensors
       torchrun --nproc_per_node 4 -m esrgan_cli train --stage psnr --data photos/ --out runs/psnr
     """
     import torch
@@ -129,6 +134,7 @@ def train(ctx: click.Context, stage: Stage, data: Path | None, run_dir: Path, va
         workers = 4 if torch_device.type == "cuda" else 0
     if resume:
         config = _resumed_config(ctx, stored_config(run_dir), stage, iters, val_every, save_every, log_every, workers)
+        config = resumed_real_world(ctx, config)
     else:
         if data is None:
             raise click.UsageError("give --data (a folder of HR images), or --resume a run")
@@ -149,6 +155,8 @@ def train(ctx: click.Context, stage: Stage, data: Path | None, run_dir: Path, va
                 perceptual_weights=perceptual_weights, perceptual_layer=perceptual_layer,
                 perceptual_input=perceptual_input, perceptual_weight=perceptual_weight, gan_weight=gan_weight,
                 pixel_weight=pixel_weight,
+                **real_world_fields(degradation, degradation_config, sharpen_gt, discriminator, teacher,
+                                    teacher_weight, teacher_cache),
             )
         except ValueError as e:
             raise click.UsageError(str(e)) from None
@@ -186,7 +194,7 @@ def _resumed_config(ctx: click.Context, stored: TrainConfig, stage: str, iters: 
     if stage != stored.stage:
         raise click.UsageError(f"the run in --out is a {stored.stage} run, not {stage}")
     for option in ("data", "batch_size", "patch_size", "lr", "seed", "precision", "milestones", "warmup",
-                   "weight_init", "perceptual_weight", "gan_weight", "pixel_weight"):
+                   "weight_init", "perceptual_weight", "gan_weight", "pixel_weight", *FIXED_ON_RESUME):
         source = ctx.get_parameter_source(option)
         given = ctx.params[option]
         if source == click.core.ParameterSource.COMMANDLINE and given is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -12,10 +13,11 @@ from esrgan_cli.arch import INIT_SCHEMES, RRDBNet
 from esrgan_cli.evaluate import pair_images
 from esrgan_cli.training.config import TrainConfig
 from esrgan_cli.training.data import ImageSet
-from esrgan_cli.training.discriminator import VGGDiscriminator
+from esrgan_cli.training.discriminator import UNetDiscriminator, VGGDiscriminator
 from esrgan_cli.training.perceptual import Convention, PerceptualConfig, VGGFeatures, build_vgg, load_vgg_weights
 from esrgan_cli.training.runtime import Distributed, Report, Reporter, TrainError
 from esrgan_cli.training.state import STATE_FILE, read_state
+from esrgan_cli.training.teacher import CacheKey, Teacher, TeacherCache, data_fingerprint, load_teacher
 from esrgan_cli.training.trainer import GanParts, Networks, TrainData, Trainer
 from esrgan_cli.weights import load_weights
 
@@ -24,7 +26,8 @@ def build_trainer(config: TrainConfig, run_dir: Path, device: torch.device, *, r
                   report: Reporter | None = None, dist: Distributed | None = None) -> Trainer:
     """A trainer for `config`: the training images read (unusable ones reported as warnings), the networks built
     (from --init, or the chosen initialisation) and, with `resume`, continued from `run_dir`'s state.pt. For the GAN
-    stage, the VGG19 weights are read or downloaded. Nothing is written: `Trainer.run` writes the run folder."""
+    stage, the VGG19 weights are read or downloaded; with --teacher, the teacher (its file's sha256 is recorded in the
+    run's configuration, and checked on resume). Nothing is written: `Trainer.run` writes the run folder."""
     c = config
     dist = dist or Distributed()
     if c.precision == "fp16" and device.type != "cuda":
@@ -40,6 +43,9 @@ def build_trainer(config: TrainConfig, run_dir: Path, device: torch.device, *, r
     for skipped in images.skipped:
         warn(f"skipped {skipped.path}: {skipped.reason}")
     val_pairs = pair_images(Path(c.val), None, c.model.scale) if c.val else []
+    teacher = None
+    if c.teacher:
+        teacher, c = _teacher(c, images, device)
 
     # The order of what draws from torch's global RNG is part of a run's definition (seeded runs repeat exactly).
     torch.manual_seed(c.seed)
@@ -54,15 +60,35 @@ def build_trainer(config: TrainConfig, run_dir: Path, device: torch.device, *, r
     gan = None
     if c.stage == "gan":
         vgg = _perceptual_net(c, warn).to(device)
-        discriminator = VGGDiscriminator(c.patch_size, c.disc_features).to(device)
+        discriminator: torch.nn.Module
+        if c.discriminator == "unet":
+            discriminator = UNetDiscriminator(c.disc_features).to(device)
+        else:
+            discriminator = VGGDiscriminator(c.patch_size, c.disc_features).to(device)
         gan = GanParts(discriminator, torch.optim.Adam(discriminator.parameters(), lr=c.lr, betas=c.betas), vgg)
     scaler = torch.amp.GradScaler("cuda", enabled=c.precision == "fp16")
 
-    trainer = Trainer(c, run_dir, device, Networks(generator, ema, g_opt, scaler, gan), TrainData(images, val_pairs),
-                      dist=dist, report=report)
+    trainer = Trainer(c, run_dir, device, Networks(generator, ema, g_opt, scaler, gan, teacher),
+                      TrainData(images, val_pairs), dist=dist, report=report)
     if resume:
         trainer.restore(read_state(Path(run_dir) / STATE_FILE))
     return trainer
+
+
+def _teacher(c: TrainConfig, images: ImageSet, device: torch.device) -> tuple[Teacher, TrainConfig]:
+    """The teacher, and the configuration with its sha256 recorded (a resumed run's must be the same)."""
+    model, sha256 = load_teacher(str(c.teacher), c.model.scale, device)
+    if c.teacher_sha256 is not None and c.teacher_sha256 != sha256:
+        raise TrainError(f"the teacher {c.teacher} is not the file this run started with (sha256 {sha256[:12]}..., "
+                         f"was {c.teacher_sha256[:12]}...); start a new --out to train with it")
+    c = replace(c, teacher_sha256=sha256)
+    cache = None
+    if c.teacher_cache:
+        degradation = "bicubic" if c.degradation_config is None else f"real:{c.degradation_config.digest()}"
+        key = CacheKey(sha256, degradation, c.seed, c.batch_size, c.patch_size, c.model.scale,
+                       data_fingerprint(images.paths, Path(c.data)))
+        cache = TeacherCache(Path(c.teacher_cache), key)
+    return Teacher(model, c.model.scale, cache), c
 
 
 def _init_weights(path: Path, config: TrainConfig) -> dict[str, torch.Tensor]:

@@ -7,17 +7,24 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Literal, get_args
 
 from esrgan_cli.arch import INIT_SCHEMES, RRDBConfig
+from esrgan_cli.training.degradation import DegradationConfig
 from esrgan_cli.training.perceptual import LAYERS, VGGLayer
 
 Stage = Literal["psnr", "gan"]
 Precision = Literal["fp32", "bf16", "fp16"]
 WeightInit = Literal["interp", "paper"]  # the names of arch.INIT_SCHEMES
 PerceptualInput = Literal["auto", "imagenet-rgb", "caffe-bgr"]  # auto: what the weights file declares
+Degradation = Literal["bicubic", "real"]  # real: Real-ESRGAN's high-order model (degradation.py)
+Discriminator = Literal["vgg", "unet"]
 
 STAGES: tuple[Stage, ...] = get_args(Stage)
 PRECISIONS: tuple[Precision, ...] = get_args(Precision)
 WEIGHT_INITS: tuple[WeightInit, ...] = get_args(WeightInit)
 PERCEPTUAL_INPUTS: tuple[PerceptualInput, ...] = get_args(PerceptualInput)
+DEGRADATIONS: tuple[Degradation, ...] = get_args(Degradation)
+DISCRIMINATORS: tuple[Discriminator, ...] = get_args(Discriminator)
+# The U-Net discriminator halves the patch three times; the VGG one five times.
+DISCRIMINATOR_MULTIPLE = {"vgg": 32, "unet": 8}
 
 # The paper halves the learning rate every 2e5 of 1e6 iterations (PSNR stage) and at 50k/100k/200k/300k of 400k
 # (GAN stage). Runs of other lengths keep the same shape: the milestones are these fractions of --iters.
@@ -28,8 +35,9 @@ DEFAULT_LR = {"psnr": 2e-4, "gan": 1e-4}
 # over the first tenth of the run (at most this many iterations) keeps it.
 WARMUP_CAP = 1000
 
-# Fields that may differ when a run is resumed: they change how long and how visibly it runs, not what it computes.
-RESUMABLE_FIELDS = ("iters", "val_every", "save_every", "log_every", "workers")
+# Fields that may differ when a run is resumed: they change how long and how visibly it runs, not what it computes
+# (the teacher's cached targets are the very values it would compute again).
+RESUMABLE_FIELDS = ("iters", "val_every", "save_every", "log_every", "workers", "teacher_cache")
 
 
 @dataclass(frozen=True)
@@ -62,6 +70,15 @@ class TrainConfig:
     perceptual_weight: float = 1.0
     gan_weight: float = 5e-3
     disc_features: int = 64
+    discriminator: Discriminator = "vgg"
+    # Real-world training (Real-ESRGAN) and distillation
+    degradation: Degradation = "bicubic"
+    degradation_config: DegradationConfig | None = None  # the real degradation's settings; None: bicubic
+    sharpen_gt: bool = False  # unsharp-masked HR as the L1 and perceptual target (Real-ESRGAN)
+    teacher: str | None = None  # a model (name, file or hf:) whose output on the LR is the target
+    teacher_sha256: str | None = None  # its file's, recorded when the run starts: a resume checks it is unchanged
+    teacher_weight: float = 1.0  # target = w·teacher + (1 - w)·HR
+    teacher_cache: str | None = None  # a folder for the teacher's outputs
 
     def __post_init__(self) -> None:
         if self.stage not in STAGES:
@@ -84,8 +101,11 @@ class TrainConfig:
         if self.stage == "gan":
             if not self.init:
                 raise ValueError("the GAN stage starts from a PSNR-stage model: give --init")
-            if self.patch_size % 32:
-                raise ValueError(f"the GAN stage needs a patch size that is a multiple of 32, got {self.patch_size}")
+            multiple = DISCRIMINATOR_MULTIPLE.get(self.discriminator, 32)
+            if self.patch_size % multiple:
+                raise ValueError(f"the GAN stage with the {self.discriminator} discriminator needs a patch size that "
+                                 f"is a multiple of {multiple}, got {self.patch_size}")
+        self._check_real_world()
         if self.lr == 0.0:
             object.__setattr__(self, "lr", DEFAULT_LR[self.stage])
         if self.warmup is None:
@@ -97,6 +117,23 @@ class TrainConfig:
             object.__setattr__(self, "milestones", tuple(max(1, round(f * self.iters)) for f in fractions))
         else:
             object.__setattr__(self, "milestones", tuple(sorted(self.milestones)))
+
+    def _check_real_world(self) -> None:
+        if self.discriminator not in DISCRIMINATORS:
+            raise ValueError(f"discriminator must be one of {', '.join(DISCRIMINATORS)}, got {self.discriminator!r}")
+        if self.degradation not in DEGRADATIONS:
+            raise ValueError(f"degradation must be one of {', '.join(DEGRADATIONS)}, got {self.degradation!r}")
+        if self.degradation == "real" and self.degradation_config is None:
+            object.__setattr__(self, "degradation_config", DegradationConfig())
+        elif self.degradation == "bicubic" and self.degradation_config is not None:
+            raise ValueError("degradation settings are for the real degradation (--degradation real)")
+        if not 0 <= self.teacher_weight <= 1:
+            raise ValueError(f"the teacher's weight must be in 0..1, got {self.teacher_weight}")
+        if self.teacher is None and (self.teacher_weight != 1 or self.teacher_cache or self.teacher_sha256):
+            raise ValueError("--teacher-weight and --teacher-cache need a --teacher")
+        if self.sharpen_gt and self.teacher is not None and self.teacher_weight == 1:
+            raise ValueError("--sharpen-gt sharpens the HR part of the target, and with --teacher-weight 1 there is "
+                             "none: lower the teacher's weight or drop --sharpen-gt")
 
     def lr_at(self, iteration: int) -> float:
         """The learning rate of step `iteration` (0-based): ramped up linearly over the warm-up, and halved at every
@@ -112,6 +149,8 @@ class TrainConfig:
     def from_json(cls, text: str) -> TrainConfig:
         data = json.loads(text)
         data["model"] = RRDBConfig(**data["model"])
+        if data.get("degradation_config") is not None:
+            data["degradation_config"] = DegradationConfig.from_dict(data["degradation_config"])
         for key in ("milestones", "betas"):
             if data.get(key) is not None:
                 data[key] = tuple(data[key])

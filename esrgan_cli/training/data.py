@@ -1,4 +1,5 @@
-"""Training pairs: random HR crops with flips and 90° turns, their LR made on the fly by MATLAB-style bicubic.
+"""Training pairs: random HR crops with flips and 90° turns, their LR made on the fly by MATLAB-style bicubic (or,
+for the real-world degradation, the random draws the trainer makes it with on its device).
 
 Every sample is a pure function of (seed, sample number): the same run draws the same patches whatever the number
 of DataLoader workers or processes, and a resumed run needs only the iteration count to continue the stream.
@@ -17,6 +18,7 @@ from torch.utils.data import Dataset, Sampler
 from esrgan_cli.errors import EsrganError, ImageReadError
 from esrgan_cli.imageio import image_files, read_image, to_uint8
 from esrgan_cli.resize import imresize
+from esrgan_cli.training.degradation import DegradationConfig, draw_sample
 
 DEFAULT_CACHE_BYTES = 2 << 30
 
@@ -98,12 +100,9 @@ class PatchPairs(Dataset[tuple[torch.Tensor, torch.Tensor]]):
 
     def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         rng = np.random.default_rng([self.seed, k])
-        i = int(rng.integers(len(self.images)))
-        image = self.images[i]
+        image, y, x = _place(rng, self.images, self.patch, self.scale)
         s, p, m = self.scale, self.patch, self.margin
         h, w = (image.shape[0] // s) * s, (image.shape[1] // s) * s
-        y = s * int(rng.integers((h - p) // s + 1))
-        x = s * int(rng.integers((w - p) // s + 1))
         y0, x0 = max(0, y - m), max(0, x - m)
         region = image[y0 : min(h, y + p + m), x0 : min(w, x + p + m)]
         lr = imresize(region, 1 / s)
@@ -112,6 +111,33 @@ class PatchPairs(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         hr = image[y : y + p, x : x + p]
         code = int(rng.integers(8))
         return _tensor(augment(lr, code)), _tensor(augment(hr, code))
+
+
+class RealPatches(Dataset[tuple[torch.Tensor, dict[str, torch.Tensor]]]):
+    """Sample k → (HR 3×p×p in [0, 1], its draws for the real-world degradation): the same HR patch as PatchPairs'
+    sample k; the trainer makes the LR from both on its device (degradation.py)."""
+
+    def __init__(self, images: ImageSet, patch: int, scale: int, seed: int, degradation: DegradationConfig) -> None:
+        if patch % scale:
+            raise ValueError(f"the patch size {patch} must be a multiple of the scale {scale}")
+        self.images, self.patch, self.scale, self.seed, self.degradation = images, patch, scale, seed, degradation
+
+    def __len__(self) -> int:
+        return 1 << 62
+
+    def __getitem__(self, k: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        rng = np.random.default_rng([self.seed, k])
+        image, y, x = _place(rng, self.images, self.patch, self.scale)
+        hr = image[y : y + self.patch, x : x + self.patch]
+        return _tensor(augment(hr, int(rng.integers(8)))), draw_sample(self.degradation, self.seed, k)
+
+
+def _place(rng: np.random.Generator, images: ImageSet, patch: int, scale: int) -> tuple[np.ndarray, int, int]:
+    """A random image and the top-left corner of a patch in it, on the scale's grid."""
+    image = images[int(rng.integers(len(images)))]
+    h, w = (image.shape[0] // scale) * scale, (image.shape[1] // scale) * scale
+    y = scale * int(rng.integers((h - patch) // scale + 1))
+    return image, y, scale * int(rng.integers((w - patch) // scale + 1))
 
 
 def _tensor(image: np.ndarray) -> torch.Tensor:

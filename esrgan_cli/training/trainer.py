@@ -12,33 +12,36 @@ import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from esrgan_cli.arch import RRDBNet
 from esrgan_cli.engine import Placement, Upscaler
 from esrgan_cli.evaluate import EvalPair, score_pairs, summarize, with_upscaler
 from esrgan_cli.training.config import TrainConfig
-from esrgan_cli.training.data import ImageSet, IterationSampler, PatchPairs
-from esrgan_cli.training.discriminator import VGGDiscriminator
+from esrgan_cli.training.data import ImageSet, IterationSampler, PatchPairs, RealPatches
+from esrgan_cli.training.degradation import DegradationConfig, degrade, draw_batch
 from esrgan_cli.training.perceptual import VGGFeatures, perceptual_loss
 from esrgan_cli.training.runtime import Distributed, Report, Reporter, TrainError
 from esrgan_cli.training.state import STATE_FILE, TrainState, append_log, trim_log, write_config, write_state
+from esrgan_cli.training.teacher import Teacher, make_target
 from esrgan_cli.weights import LoadedWeights, save_safetensors
 
 VAL_OVERLAP = 32
+_Sample = TypeVar("_Sample")
 
 
 @dataclass
 class GanParts:
-    """What the GAN stage adds: the discriminator, its optimizer, and the perceptual loss's feature network."""
+    """What the GAN stage adds: the discriminator (VGG or U-Net), its optimizer, and the perceptual loss's feature
+    network."""
 
-    discriminator: VGGDiscriminator
+    discriminator: nn.Module
     d_opt: torch.optim.Optimizer
     vgg: VGGFeatures
 
@@ -52,6 +55,7 @@ class Networks:
     g_opt: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
     gan: GanParts | None = None
+    teacher: Teacher | None = None  # distillation: its output is the target
 
 
 @dataclass(frozen=True)
@@ -97,6 +101,7 @@ class Trainer:
         self.data = data
         self.generator, self.ema, self.g_opt, self.scaler = nets.generator, nets.ema, nets.g_opt, nets.scaler
         self.gan = nets.gan
+        self.teacher = nets.teacher
         self.discriminator = nets.gan.discriminator if nets.gan else None
         # What the steps run: the networks themselves, or their DistributedDataParallel wrappers after `begin`.
         self.g_train: nn.Module = self.generator
@@ -147,12 +152,27 @@ class Trainer:
             trim_log(self.run_dir, self.iteration)
 
     def _loader(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(LR, HR) batches of this process from the current iteration on. With the real degradation, the loader's
+        workers crop and draw, and the LR is made here, on the device."""
         c = self.config
-        pairs = PatchPairs(self.data.images, c.patch_size, c.model.scale, c.seed)
+        real = c.degradation_config
+        if real is None:
+            return iter(self._batches(PatchPairs(self.data.images, c.patch_size, c.model.scale, c.seed)))
+        patches = RealPatches(self.data.images, c.patch_size, c.model.scale, c.seed, real)
+        return self._degraded(self._batches(patches), real, self.iteration)
+
+    def _batches(self, dataset: Dataset[_Sample]) -> DataLoader[_Sample]:
+        c = self.config
         sampler = IterationSampler(self.iteration, c.iters, c.batch_size, self.dist.rank, self.dist.world)
-        loader = DataLoader(pairs, batch_sampler=sampler, num_workers=c.workers,
-                            pin_memory=self.device.type == "cuda", persistent_workers=False)
-        return iter(loader)
+        return DataLoader(dataset, batch_sampler=sampler, num_workers=c.workers,
+                          pin_memory=self.device.type == "cuda", persistent_workers=False)
+
+    def _degraded(self, loader: DataLoader[tuple[torch.Tensor, dict[str, torch.Tensor]]], real: DegradationConfig,
+                  start: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for iteration, (hr, draws) in enumerate(loader, start=start):
+            hr = hr.to(self.device, non_blocking=True)
+            batch = draw_batch(real, self.config.seed, iteration)
+            yield degrade(hr, draws, batch, self.config.model.scale), hr
 
     # -- one iteration -------------------------------------------------------------------------------------
 
@@ -163,8 +183,9 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=torch.bfloat16 if p == "bf16" else torch.float16)
 
     def step(self, lr_img: torch.Tensor, hr_img: torch.Tensor) -> dict[str, torch.Tensor]:
-        """One training iteration; returns this process's loss terms as detached tensors on the device (reading them
-        would wait for the device, so the caller decides when)."""
+        """One training iteration on a batch of this process (samples iteration·batch + rank·local, ...); returns its
+        loss terms as detached tensors on the device (reading them would wait for the device, so the caller decides
+        when)."""
         lr_img = lr_img.to(self.device, non_blocking=True)
         hr_img = hr_img.to(self.device, non_blocking=True)
         rate = self.config.lr_at(self.iteration)
@@ -172,27 +193,34 @@ class Trainer:
             if opt is not None:
                 for group in opt.param_groups:
                     group["lr"] = rate
+        c = self.config
+        first = self.iteration * c.batch_size + self.dist.rank * (c.batch_size // self.dist.world)
+        target = make_target(lr_img, hr_img, sharpen=c.sharpen_gt, teacher=self.teacher, weight=c.teacher_weight,
+                             first=first)
         if self.gan is None:
             with self._autocast():
-                loss = F.l1_loss(self.g_train(lr_img).float(), hr_img)
+                loss = F.l1_loss(self.g_train(lr_img).float(), target)
             self._update(self.g_opt, loss)
             terms = {"loss": loss.detach(), "l1": loss.detach()}
         else:
-            terms = self._gan_step(self.gan, lr_img, hr_img)
+            terms = self._gan_step(self.gan, lr_img, hr_img, target)
         self.scaler.update()
         self._update_ema()
         self.iteration += 1
         return terms
 
-    def _gan_step(self, gan: GanParts, lr_img: torch.Tensor, hr_img: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _gan_step(self, gan: GanParts, lr_img: torch.Tensor, hr_img: torch.Tensor,
+                  target: torch.Tensor) -> dict[str, torch.Tensor]:
         c = self.config
         d_train = self.d_train if self.d_train is not None else gan.discriminator
-        # Generator: L_G = L_percep + λ·L_G^Ra + η·L_1. C(x_r) carries no gradient to G, so it is detached.
+        # Generator: L_G = L_percep + λ·L_G^Ra + η·L_1. C(x_r) carries no gradient to G, so it is detached. The L1 and
+        # perceptual terms compare with the target (HR, sharpened HR or the teacher's); the discriminator's real
+        # images are always the HR patches.
         d_train.requires_grad_(False)
         with self._autocast():
             sr = self.g_train(lr_img).float()
-            l_pix = F.l1_loss(sr, hr_img)
-            l_per = perceptual_loss(gan.vgg, sr, hr_img)
+            l_pix = F.l1_loss(sr, target)
+            l_per = perceptual_loss(gan.vgg, sr, target)
             real = d_train(hr_img).float().detach()
             fake = d_train(sr).float()
             # The original ESRGAN code averages the two relativistic terms; λ = 5e-3 was tuned with that.
