@@ -9,11 +9,11 @@ import click
 
 from esrgan_cli.cli.common import say
 from esrgan_cli.cli.train import PERCEPTUAL_INPUT_CHOICES
-from esrgan_cli.errors import ModelNotFoundError
+from esrgan_cli.errors import ModelNotFoundError, OutputWriteError
 
 if TYPE_CHECKING:
     from esrgan_cli.device import Placement
-    from esrgan_cli.evaluate import ImageScore, Summary, Upscale
+    from esrgan_cli.evaluate import Degradation, ImageScore, Summary, Upscale
     from esrgan_cli.perceptual_distance import InputConvention, PerceptualDistance
 
 
@@ -33,9 +33,19 @@ if TYPE_CHECKING:
                    "cached, else none, with a note.")
 @click.option("--perceptual-input", type=click.Choice(PERCEPTUAL_INPUT_CHOICES), default="auto", show_default=True,
               help="The VGG weights' input convention; auto reads the file's metadata.")
+@click.option("--degradation", type=click.Choice(["bicubic", "real"]), default="bicubic", show_default=True,
+              help="Without --lr, how LR images are made from HR: MATLAB bicubic, or real: Real-ESRGAN's blur, "
+                   "resize, noise and JPEG, drawn per image from --seed and its name (reproducible).")
+@click.option("--degradation-config", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              metavar="FILE.json", help="Override the real degradation's settings, as `esrgan train` takes them.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="The real degradation's seed.")
+@click.option("--save-lr", type=click.Path(path_type=Path, file_okay=False), default=None, metavar="DIR",
+              help="Also write the LR images made from HR here (PNG), to reuse with --lr or other tools.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def evaluate(model: str, hr_dir: Path, lr_dir: Path | None, scale: int | None, tile: int | None, device: str,
-             perceptual_weights: str, perceptual_input: InputConvention, as_json: bool) -> None:
+             perceptual_weights: str, perceptual_input: InputConvention, degradation: str,
+             degradation_config: Path | None, seed: int, save_lr: Path | None, as_json: bool) -> None:
     """Y-channel PSNR and SSIM of MODEL on a benchmark, beside bicubic, and a perceptual distance.
 
     As in the literature: BT.601 luma, `scale` border pixels cropped, outputs
@@ -48,13 +58,15 @@ def evaluate(model: str, hr_dir: Path, lr_dir: Path | None, scale: int | None, t
       esrgan eval bicubic --hr Set5/HR --lr Set5/LR_bicubic/X4
       esrgan eval runs/psnr/model_100000.safetensors --hr Set14/HR --json
       esrgan eval compact-x4 --hr Set14/HR --perceptual-weights vgg19.safetensors
+      esrgan eval compact-real-x4 --hr photos/ --degradation real --seed 1 --save-lr photos_lr/
     """
     import json
 
     from esrgan_cli.device import choose_placement
-    from esrgan_cli.evaluate import BICUBIC, pair_images, score_pairs, summarize
+    from esrgan_cli.evaluate import pair_images, score_pairs, summarize
 
     # fp32 everywhere: a benchmark figure must not depend on the device's half precision.
+    made = _degradation(degradation, degradation_config, seed, lr_dir, save_lr)  # usage errors first
     placement = choose_placement(device, "fp32")
     upscale, s, label = _upscaler(model, scale, tile, placement)
     pairs = pair_images(hr_dir, lr_dir, s)
@@ -63,14 +75,14 @@ def evaluate(model: str, hr_dir: Path, lr_dir: Path | None, scale: int | None, t
     if not as_json:
         click.echo(_row("image", "PSNR", "SSIM", "percept", "bicubic", "SSIM", "percept", with_distance))
     scores = []
-    for score in score_pairs(pairs, upscale, s, BICUBIC, distance):
+    for score in score_pairs(pairs, upscale, s, made, distance):
         scores.append(score)
         if not as_json:
             click.echo(_score_row(score.name, score, with_distance))
     mean = summarize(scores)
     if as_json:
         data = {"model": label, "scale": s, "hr": str(hr_dir), "lr": str(lr_dir) if lr_dir else None,
-                "degradation": None if lr_dir else BICUBIC.name,
+                "degradation": None if lr_dir else made.name,
                 "perceptual_distance": distance.describe() if distance else None,
                 "images": [vars(x) for x in scores], "mean": vars(mean)}
         click.echo(json.dumps(data, indent=2))
@@ -90,6 +102,45 @@ def _print_footer(label: str, s: int, n: int, mean: Summary, distance: Perceptua
         layers = ", ".join(relu_name(name) for name in distance.config.layers)
         click.echo(f"(perceptual distance: unit-normalised VGG19 {layers} features, LPIPS without learned weights, "
                    f"lower is better, not comparable with published LPIPS; weights {distance.source})")
+
+
+def _degradation(name: str, settings: Path | None, seed: int, lr_dir: Path | None,
+                 save_lr: Path | None) -> Degradation:
+    """How LR images are made from HR ones (and saved, with --save-lr)."""
+    from esrgan_cli.evaluate import BICUBIC
+
+    if lr_dir is not None and (name != "bicubic" or save_lr is not None):
+        raise click.UsageError("--degradation and --save-lr make LR images from HR; with --lr they are read instead")
+    if settings is not None and name != "real":
+        raise click.UsageError("--degradation-config needs --degradation real")
+    made = BICUBIC
+    if name == "real":
+        from esrgan_cli.cli.train_real import read_settings
+        from esrgan_cli.realworld import real_degradation
+
+        made = real_degradation(seed, read_settings(settings) if settings else None)
+    return made if save_lr is None else _saving(made, save_lr)
+
+
+def _saving(made: Degradation, folder: Path) -> Degradation:
+    import numpy as np
+    from PIL import Image
+
+    from esrgan_cli.atomic import atomic_write
+    from esrgan_cli.evaluate import Degradation
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputWriteError(f"{folder}: cannot create the folder ({e.strerror or e})") from None
+
+    def make(hr: np.ndarray, scale: int, name: str) -> np.ndarray:
+        lr = made.make(hr, scale, name)
+        with atomic_write(folder / f"{name}.png") as tmp:
+            Image.fromarray(lr).save(tmp, format="PNG")
+        return lr
+
+    return Degradation(made.name, make)
 
 
 def _upscaler(model: str, scale: int | None, tile: int | None, placement: Placement) -> tuple[Upscale, int, str]:

@@ -59,13 +59,13 @@ def real_world_fields(degradation: str, degradation_config: Path | None, sharpen
     if degradation_config is not None:
         if degradation != "real":
             raise click.UsageError("--degradation-config needs --degradation real")
-        settings = _read_settings(degradation_config)
+        settings = read_settings(degradation_config)
     return dict(degradation=degradation, degradation_config=settings, sharpen_gt=sharpen_gt,
                 discriminator=discriminator, teacher=teacher, teacher_weight=teacher_weight,
                 teacher_cache=str(teacher_cache) if teacher_cache else None)
 
 
-def _read_settings(path: Path) -> DegradationConfig:
+def read_settings(path: Path) -> DegradationConfig:
     from esrgan_cli.training.degradation import DegradationConfig
 
     try:
@@ -83,7 +83,7 @@ def _read_settings(path: Path) -> DegradationConfig:
 def resumed_real_world(ctx: click.Context, stored: TrainConfig) -> TrainConfig:
     """A resumed run keeps its degradation settings; only where the teacher's cache lives may change."""
     given = ctx.params.get("degradation_config")
-    if given is not None and _read_settings(given) != stored.degradation_config:
+    if given is not None and read_settings(given) != stored.degradation_config:
         raise click.UsageError(f"--degradation-config {given} differs from the run's settings; a resumed run keeps "
                                "its settings (start a new --out to change them)")
     cache = ctx.params.get("teacher_cache")
