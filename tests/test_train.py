@@ -196,6 +196,16 @@ def test_gan_stage_from_a_psnr_model(tmp_path: Path, images: Path) -> None:
     assert not _same(init, tmp_path / "gan" / "model_6.safetensors")
 
 
+def test_a_psnr_stage_can_fine_tune_a_model_given_with_init(tmp_path: Path, images: Path) -> None:
+    build_trainer(_config(images, iters=4, save_every=4), tmp_path / "first", torch.device("cpu")).run()
+    init = tmp_path / "first" / "model_4.safetensors"
+    fresh = build_trainer(_config(images), tmp_path / "fresh", torch.device("cpu"))
+    tuned = build_trainer(_config(images, init=str(init)), tmp_path / "tuned", torch.device("cpu"))
+    start = _tensors(init)
+    assert all(torch.equal(v.float(), start[k].float()) for k, v in tuned.generator.state_dict().items())
+    assert not all(torch.equal(v, tuned.generator.state_dict()[k]) for k, v in fresh.generator.state_dict().items())
+
+
 def test_relativistic_losses_send_gradients_where_they_belong(tmp_path: Path, images: Path) -> None:
     """G's step must leave D's weights alone; D's step must not reach G (the fake is detached)."""
     build_trainer(_config(images, iters=2, save_every=2), tmp_path / "psnr", torch.device("cpu")).run()

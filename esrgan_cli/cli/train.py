@@ -74,7 +74,8 @@ def _milestones(ctx: click.Context, param: click.Parameter, value: str | None) -
 @click.option("--weight-init", type=click.Choice(WEIGHT_INIT_CHOICES), default="interp", show_default=True,
               help="PSNR stage: start as a bilinear upscaler (interp), or from the paper's random weights.")
 @click.option("--init", "init_path", type=click.Path(path_type=Path), default=None,
-              help="GAN stage: the PSNR-stage model to start from.")
+              help="The model to start from: the PSNR-stage model for the GAN stage (required there); for the "
+                   "PSNR stage, a model to fine-tune (e.g. onto --degradation real) instead of --weight-init.")
 @click.option("--perceptual-weights", default="hub", show_default=True, metavar="PATH|hub|random",
               help="VGG19 weights for the perceptual loss: a local file, the Hub (timm/vgg19.tv_in1k), or random "
                    "(tests only).")
@@ -142,7 +143,7 @@ def train(ctx: click.Context, stage: Stage, data: Path | None, run_dir: Path, va
             raise EsrganError(f"{run_dir} already holds a run: add --resume to continue it, or choose another --out")
         n = iters or 1000
         model = RRDBConfig(num_feat=features, num_block=blocks, num_grow=growth, scale=int(scale))
-        if stage == "gan" and init_path is not None:
+        if init_path is not None:
             model = _init_architecture(ctx, init_path, model)
         try:
             config = TrainConfig(
@@ -175,7 +176,7 @@ def train(ctx: click.Context, stage: Stage, data: Path | None, run_dir: Path, va
 
 
 def _init_architecture(ctx: click.Context, init_path: Path, given: RRDBConfig) -> RRDBConfig:
-    """The GAN stage trains the --init model's architecture; explicit --blocks etc. must agree with it."""
+    """A run from --init trains that model's architecture; explicit --blocks etc. must agree with it."""
     from esrgan_cli.weights import load_weights
 
     found = load_weights(init_path).config

@@ -50,10 +50,10 @@ def build_trainer(config: TrainConfig, run_dir: Path, device: torch.device, *, r
     # The order of what draws from torch's global RNG is part of a run's definition (seeded runs repeat exactly).
     torch.manual_seed(c.seed)
     generator = RRDBNet(c.model)
-    if c.stage == "psnr":
-        INIT_SCHEMES[c.weight_init](generator, 0.1, c.seed)
+    if c.init:  # the GAN stage always; the PSNR stage when fine-tuning a model (e.g. onto new degradations)
+        generator.load_state_dict(_init_weights(Path(c.init), c))
     else:
-        generator.load_state_dict(_init_weights(Path(str(c.init)), c))
+        INIT_SCHEMES[c.weight_init](generator, 0.1, c.seed)
     generator.to(device)
     ema = copy.deepcopy(generator).requires_grad_(False)
     g_opt = torch.optim.Adam(generator.parameters(), lr=c.lr, betas=c.betas)
