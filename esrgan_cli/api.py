@@ -49,11 +49,10 @@ def load_model(
     elsewhere), fp32, fp16 or bf16. Raises an `EsrganError` subclass with a one-line message on failure."""
     import torch
 
-    from esrgan_cli.checkpoint import canonicalize
     from esrgan_cli.device import choose_placement
     from esrgan_cli.engine import Upscaler
     from esrgan_cli.registry import load_registry, resolve_model
-    from esrgan_cli.weights import LoadedWeights, load_weights
+    from esrgan_cli.weights import LoadedWeights, from_checkpoint, load_weights
 
     placement = choose_placement(device, precision)
     if isinstance(spec, LoadedWeights):
@@ -61,9 +60,7 @@ def load_model(
     elif isinstance(spec, Mapping):
         if not all(isinstance(v, torch.Tensor) for v in spec.values()):
             raise WeightsError("a state dict must map names to tensors")
-        sd, config = canonicalize(dict(spec))
-        dtype = next(iter(sd.values())).dtype
-        weights = LoadedWeights({k: v.float() for k, v in sd.items()}, config, {}, Path("<state dict>"), dtype)
+        weights = from_checkpoint(dict(spec))
     else:
         registry = load_registry()
         weights = load_weights(resolve_model(str(spec) if spec is not None else registry.default, registry).path)

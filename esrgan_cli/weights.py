@@ -126,6 +126,15 @@ def load_weights(path: Path) -> LoadedWeights:
         obj, meta = _load_safetensors(path)
     else:
         obj = _load_pickle(path)
+    return from_checkpoint(obj, path, meta)
+
+
+def from_checkpoint(
+    obj: object, path: Path = Path("<state dict>"), meta: dict[str, str] | None = None
+) -> LoadedWeights:
+    """A checkpoint's contents (a state dict in any supported layout, or a wrapper around one), with the metadata
+    of the file it came from → canonical, verified, fp32 weights; the architecture is read from the shapes."""
+    meta = meta or {}
     sd = canonical_state_dict(obj)
     claims, notes = _claims_from_metadata(meta)
     config, disagreements = resolve_config(sd, claims, "metadata")
