@@ -14,6 +14,8 @@ from esrgan_cli.defaults import DEFAULT_MAX_OUTPUT_PIXELS, DEFAULT_OVERLAP, DEFA
 from esrgan_cli.errors import EsrganError
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from esrgan_cli.batch import BatchOptions, Job
     from esrgan_cli.device import Precision
     from esrgan_cli.engine import Upscaler
@@ -186,7 +188,7 @@ def _upscale_many(paths: tuple[str, ...], outdir: Path, run: Run, batch: BatchOp
         _run_batch(jobs, ignored, outdir, run, batch)
 
 
-def _run_batch(jobs: list[Job], ignored: int, outdir: Path, run: Run, batch: BatchOptions) -> None:
+def _run_batch(jobs: Sequence[Job], ignored: int, outdir: Path, run: Run, batch: BatchOptions) -> None:
     import dataclasses
     import time
 
