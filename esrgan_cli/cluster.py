@@ -77,6 +77,7 @@ class Pool(Protocol):
     def poll(self, timeout: float) -> list[Ready | Result]: ...
     def kill(self, slot: int) -> None: ...
     def close(self) -> None: ...
+    def pid(self, slot: int) -> int: ...
 
 
 @dataclass
@@ -114,6 +115,7 @@ class Driver:
         self.first: ReplicaInfo | None = None
         self._ids = 0
         self._start_deaths = 0
+        self.on_note: Callable[[str], None] = lambda message: None  # what the user should know (a replica died)
         for _ in range(workers):
             self.slots[pool.launch()] = _Slot()
 
@@ -234,6 +236,9 @@ class Driver:
         if slot.dead:
             return
         slot.dead = True
+        where = f" on {slot.info.host} (pid {slot.info.pid})" if slot.info else ""
+        held = "; its files in flight go to another" if slot.ready else ""
+        self.on_note(f"a worker died{where}: {reason}{held}")
         self.pool.kill(slot_id)
         self.slots[self.pool.launch()] = _Slot()
 

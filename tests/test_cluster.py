@@ -212,6 +212,7 @@ def test_a_replica_killed_mid_batch_costs_nothing(cluster: str, heavy: tuple[Pat
     _, stderr = proc.communicate(timeout=WAIT_S)
     assert proc.returncode == 0, stderr
     assert "Traceback" not in stderr and "done 16, skipped 0, failed 0" in stderr, stderr
+    assert f"note: a worker died on {socket.gethostname()} (pid {victim})" in stderr, stderr
     assert not Path(f"/proc/{victim}").exists()
     check_complete(out, 16)
     local = esrgan("upscale", src / "05.png", "-o", tmp_path / "one.png", "--model", weights, "-q")

@@ -77,7 +77,7 @@ def _run_here(jobs: Sequence[Job], ignored: int, outdir: Path, run: Run, batch: 
     plan = plan_batch(jobs, ignored, batch, journal, model_sha, pixels)
     stages = batch_stages(upscaler, run.options, run.quality, journal, model_sha, pixels)
 
-    def execute(on_done: Callable[[Outcome], None]) -> None:
+    def execute(on_done: Callable[[Outcome], None], note: Callable[[str], None]) -> None:
         stages.on_done = on_done
         run_batch(plan.todo, stages)
 
@@ -113,7 +113,8 @@ def _run_distributed(jobs: Sequence[Job], ignored: int, outdir: Path, run: Run, 
         journal.entries.clear()  # planning is done: the driver only appends from here on
         journal.retain = False
 
-        def execute(on_done: Callable[[Outcome], None]) -> None:
+        def execute(on_done: Callable[[Outcome], None], note: Callable[[str], None]) -> None:
+            driver.on_note = note
             driver.run(plan.todo, Journaling(journal, model_sha, pixels), on_done)
 
         _execute(plan, outdir, run, batch, (source, model_sha), execute)
@@ -122,7 +123,7 @@ def _run_distributed(jobs: Sequence[Job], ignored: int, outdir: Path, run: Run, 
 
 
 def _execute(plan: BatchPlan, outdir: Path, run: Run, batch: BatchOptions, model: tuple[str, str],
-             execute: Callable[[Callable[[Outcome], None]], None]) -> None:
+             execute: Callable[[Callable[[Outcome], None], Callable[[str], None]], None]) -> None:
     """Run the plan with progress and per-file lines, then the report, the summary and the exit code."""
     from esrgan_cli.batch import write_report
 
@@ -144,7 +145,11 @@ def _execute(plan: BatchPlan, outdir: Path, run: Run, batch: BatchOptions, model
             if advance:
                 advance(1, todo)
 
-        execute(on_done)
+        def note(message: str) -> None:
+            if not run.quiet:
+                progress.say(f"note: {message}")
+
+        execute(on_done, note)
     seconds = time.perf_counter() - start
     if batch.report is not None:
         write_report(batch.report, plan, tally.outcomes, model[0], model[1], seconds)
