@@ -34,6 +34,7 @@ from esrgan_cli.registry import load_registry, resolve_model
 from esrgan_cli.weights import load_weights
 
 OPTIONS = UpscaleOptions()
+THREADS = [1]  # torch threads per model replica (the local batch is one replica)
 
 
 def make_inputs(folder: Path, count: int, size: int, shared: Path) -> None:
@@ -51,6 +52,8 @@ def make_inputs(folder: Path, count: int, size: int, shared: Path) -> None:
 
 
 def local_batch(src: Path, out: Path, model: str) -> float:
+    if THREADS[0]:
+        torch.set_num_threads(THREADS[0])
     upscaler = esrgan_cli.load_model(model, device="cpu")
     sha = sha256_of(upscaler.weights.path)
     pixels = pixel_options(dataclasses.asdict(OPTIONS), 95, "float32")
@@ -68,8 +71,8 @@ def distributed(src: Path, out: Path, model: str, cluster: ClusterOptions) -> tu
     """(start-up seconds, batch seconds)."""
     weights = load_weights(model)
     start = time.perf_counter()
-    driver = open_driver(cluster, weights, WorkerConfig(options=OPTIONS, quality=95, device=os.environ.get(
-        "BENCH_DEVICE", "cpu")))
+    driver = open_driver(cluster, weights, WorkerConfig(options=OPTIONS, quality=95, threads=THREADS[0],
+                                                        device=os.environ.get("BENCH_DEVICE", "cpu")))
     try:
         info = driver.first_ready()
         while sum(s.ready for s in driver.slots.values()) < driver.workers:  # every replica loaded
@@ -97,8 +100,13 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--tiny", type=int, default=48, help="4×4 images for the overhead measurement (0: skip)")
     ap.add_argument("--gpus", action="store_true", help="compare 1 process with one per GPU (no Ray)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads per replica, the local batch included (0: each setup's default). One "
+                         "keeps the comparison about Ray: on a busy machine, more threads than free cores can make "
+                         "OpenMP many times slower")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
+    THREADS[0] = args.threads
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a cluster of this machine only, for the benchmark
     model = str(resolve_model(load_registry().default).path)
     if args.gpus:
@@ -132,7 +140,7 @@ def main() -> None:
 
 def report(rows: list[dict], args: argparse.Namespace) -> None:
     print(f"\n{args.images} PNG images of {args.size}×{args.size}, x4, bundled default model, CPU, "
-          f"{os.cpu_count()} cores")
+          f"{os.cpu_count()} cores, {args.threads or 'default'} torch thread(s) per replica")
     print("| setup | images/s | seconds | start-up (s, not counted) |")
     print("|---|---|---|---|")
     for r in rows:

@@ -167,4 +167,4 @@ def open_process_pool(options: ClusterOptions, weights: LoadedWeights,
     workers = options.workers or len(devices)
     cpus = os.cpu_count() or 1
     threads = max(1, cpus // workers) if any(d == "cpu" for d in devices) else 0
-    return ProcessPool(weights, dataclasses.replace(config, threads=threads), devices), workers
+    return ProcessPool(weights, dataclasses.replace(config, threads=config.threads or threads), devices), workers

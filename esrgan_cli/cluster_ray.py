@@ -38,8 +38,7 @@ def import_ray() -> Any:
 
 def import_ray_for(address: str) -> Any:
     """Ray, set up before its import: `local` keeps the cluster it starts on the loopback interface (Ray would
-    otherwise pick this machine's network address), and Ray's own C++ warnings stay off the terminal."""
-    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")
+    otherwise pick this machine's network address)."""
     if address == "local" and "ray" not in sys.modules:
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # Ray's switch for one-machine clusters
     return import_ray()
@@ -186,7 +185,7 @@ def open_ray_pool(options: ClusterOptions, weights: LoadedWeights,
     connect(ray, address, options.object_store_bytes)
     try:
         workers, actor_options, threads = _placement(ray, options, config)
-        config = dataclasses.replace(config, threads=threads)
+        config = dataclasses.replace(config, threads=config.threads or threads)
         return RayPool(ray, ray.put(weights), config, actor_options), workers
     except BaseException:
         ray.shutdown()

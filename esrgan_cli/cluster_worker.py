@@ -33,7 +33,7 @@ class WorkerConfig:
     quality: int
     device: str = "auto"
     precision: str = "auto"
-    threads: int = 0  # torch CPU threads for this replica; 0: torch's default
+    threads: int = 0  # torch CPU threads for this replica; 0: an even share of the node's CPUs
 
 
 @dataclass(frozen=True)

@@ -60,7 +60,7 @@ def test_workers_without_gpus_runs_one_process_with_a_note(tiny_weights: Path, t
     proc = esrgan("upscale", tmp_path / "in", "-o", tmp_path / "o", "--model", tiny_weights, "--workers", "3",
                   "--device", "cpu")
     assert proc.returncode == 0, proc.stderr
-    assert "note: --workers 3 without --ray spreads over GPUs" in proc.stderr
+    assert "note: --workers 3 without --ray spreads over GPUs" in proc.stderr and "are none" in proc.stderr
     assert "done 1, skipped 0, failed 0" in proc.stderr
 
 

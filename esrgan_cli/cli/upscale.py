@@ -123,8 +123,8 @@ def _cluster(address: str | None, workers: int | None, device: str, quiet: bool)
     gpus = local_gpus(device)
     if len(gpus) < 2:
         if not quiet:
-            say(f"note: --workers {workers} without --ray spreads over GPUs, and this machine has "
-                f"{len(gpus) or 'none'}: one process runs (it uses every CPU core already)")
+            say(f"note: --workers {workers} without --ray spreads over GPUs (with --device auto or cuda), and there "
+                f"{'is one' if gpus else 'are none'} to spread over: one process runs (it uses every CPU core)")
         return None
     return ClusterOptions(workers=min(workers, len(gpus)), devices=tuple(gpus[:workers]))
 
