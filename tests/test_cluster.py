@@ -58,13 +58,15 @@ def _wait_for(condition: object, limit_s: float = WAIT_S) -> bool:
 
 
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[str]:
-    """`ray start --head` on 127.0.0.1 as the README shows it; its whole process group is stopped afterwards."""
+def addresses() -> Iterator[tuple[str, str]]:
+    """`ray start --head` on 127.0.0.1 as the README shows it (HOST:PORT, and ray://HOST:PORT for Ray's client); its
+    whole process group is stopped afterwards."""
     temp = tempfile.mkdtemp(prefix="esr-ray-")  # short: Ray's socket paths must stay under 108 characters
-    port = _free_port()
+    port, client = _free_port(), _free_port()
     start = subprocess.Popen(
         [str(Path(sys.executable).parent / "ray"), "start", "--head", f"--port={port}",
-         "--node-ip-address=127.0.0.1", "--num-cpus=2", "--object-store-memory=200000000",
+         f"--ray-client-server-port={client}", "--node-ip-address=127.0.0.1", "--num-cpus=2",
+         "--object-store-memory=200000000",
          "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp}"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, **RAY_ENV},
         start_new_session=True,  # its own process group: the cluster's processes, and only they, are stopped
@@ -72,7 +74,7 @@ def cluster() -> Iterator[str]:
     out, _ = start.communicate(timeout=WAIT_S)
     try:
         assert start.returncode == 0, out
-        yield f"127.0.0.1:{port}"
+        yield f"127.0.0.1:{port}", f"ray://127.0.0.1:{client}"
     finally:
         for sig, limit in ((signal.SIGTERM, 60.0), (signal.SIGKILL, 60.0)):
             if _group_gone(start.pid):
@@ -82,6 +84,11 @@ def cluster() -> Iterator[str]:
         import shutil
 
         shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.fixture
+def cluster(addresses: tuple[str, str]) -> str:
+    return addresses[0]
 
 
 def replicas() -> list[int]:
@@ -129,9 +136,10 @@ def inputs(tmp_path: Path) -> Path:
 
 
 def test_a_cluster_run_equals_a_local_run_and_either_resumes_the_other(
-        cluster: str, inputs: Path, tiny_weights: Path, tmp_path: Path) -> None:
+        addresses: tuple[str, str], inputs: Path, tiny_weights: Path, tmp_path: Path) -> None:
     """Must show 1 (outputs and journal equal a local run's, pixel for pixel; a rerun does nothing; a corrupt input
     is reported and the batch exits 1) and 2 (`--ray 127.0.0.1:PORT` joins a `ray start --head` cluster)."""
+    cluster, client = addresses
     here, there = tmp_path / "here", tmp_path / "there"
     common = ("upscale", inputs, "-r", "--model", tiny_weights)
     local = esrgan(*common, "-o", here, "--report", tmp_path / "here.json", env=RAY_ENV)
@@ -159,8 +167,8 @@ def test_a_cluster_run_equals_a_local_run_and_either_resumes_the_other(
     switched = esrgan(*common, "-o", there, "-q", env=RAY_ENV)  # the local batch reads the cluster's journal
     assert switched.returncode == 1 and "done 0, skipped 8, failed 1" in switched.stderr, switched.stderr
     assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes
-    (here / "3.png").unlink()  # and the cluster finishes what a local run left
-    back = esrgan(*common, "-o", here, "--ray", cluster, env=RAY_ENV)
+    (here / "3.png").unlink()  # and the cluster (here through Ray's client) finishes what a local run left
+    back = esrgan(*common, "-o", here, "--ray", client, env=RAY_ENV)
     assert "done 1, skipped 7, failed 1" in back.stderr, back.stderr
 
 
