@@ -101,15 +101,14 @@ def _run_distributed(jobs: Sequence[Job], ignored: int, outdir: Path, run: Run, 
     model_sha = sha256_of(weights.path)
     config = WorkerConfig(options=run.options, quality=run.quality, device=run.device, precision=run.precision)
     driver = open_driver(cluster, weights, config)
+    del weights  # the replicas have their copy
     try:
-        del weights
         info = driver.first_ready()
         if info.note and not run.quiet:
             say(f"note: {info.note}")
         pixels = pixel_options(dataclasses.asdict(run.options), run.quality, info.dtype)
         journal = Journal(outdir)
         plan = plan_batch(jobs, ignored, batch, journal, model_sha, pixels)
-        del jobs
         journal.entries.clear()  # planning is done: the driver only appends from here on
         journal.retain = False
 
