@@ -7,20 +7,19 @@ measured with and without overlapping the stages.
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-from esrgan_cli.defaults import FORMAT_SUFFIXES, IMAGE_SUFFIXES
 from esrgan_cli.errors import DiskFullError, EsrganError
 from esrgan_cli.hashing import sha256_of
+from esrgan_cli.listing import JobList, list_jobs
 
 JOURNAL_NAME = ".esrgan-journal.jsonl"
 
@@ -36,60 +35,12 @@ class Job:
     key: str  # the output's path relative to OUTDIR, as recorded in the journal
 
 
-def _expand(arg: str) -> list[Path]:
-    if glob.has_magic(arg):
-        matches = sorted(glob.glob(arg, recursive=True))
-        if not matches:
-            raise BatchError(f"{arg}: no files match")
-        return [Path(m) for m in matches]
-    path = Path(arg)
-    if not path.exists():
-        raise BatchError(f"{arg}: no such file or folder")
-    return [path]
-
-
 def collect_jobs(
     inputs: Iterable[str], outdir: Path, recursive: bool = False, fmt: str | None = None, suffix: str = ""
-) -> tuple[list[Job], int]:
-    """Plan every output before any work: returns the jobs and how many non-image files were ignored."""
-    outdir_abs = Path(os.path.abspath(outdir))
-    pairs: list[tuple[Path, Path]] = []  # (source, path relative to OUTDIR)
-    ignored = 0
-    for arg in inputs:
-        for path in _expand(arg):
-            if path.is_dir():
-                walker = path.rglob("*") if recursive else path.iterdir()
-                for f in sorted(walker):
-                    if not f.is_file() or Path(os.path.abspath(f)).is_relative_to(outdir_abs):
-                        continue  # earlier outputs inside an input folder are not inputs
-                    if f.name.startswith(".esrgan"):
-                        continue  # our journal and lock file
-                    if f.suffix.lower() in IMAGE_SUFFIXES:
-                        pairs.append((f, f.relative_to(path)))
-                    else:
-                        ignored += 1
-            else:
-                pairs.append((path, Path(path.name)))
-    seen: dict[Path, Path] = {}
-    jobs: list[Job] = []
-    claimed: dict[str, Path] = {}
-    for src, rel in pairs:
-        real = Path(os.path.realpath(src))
-        if real in seen:
-            continue  # the same file named twice
-        seen[real] = src
-        ext = FORMAT_SUFFIXES[fmt] if fmt else rel.suffix.lower()
-        key = (rel.parent / f"{rel.stem}{suffix}{ext}").as_posix()
-        if key.lower() in claimed:  # case-insensitive: safe on macOS and Windows file systems too
-            raise BatchError(f"{claimed[key.lower()]} and {src} would both write {outdir / key}; "
-                             "use --suffix, --format or separate output folders")
-        claimed[key.lower()] = src
-        if os.path.realpath(outdir / key) == str(real):
-            raise BatchError(f"{src}: the output would overwrite the input; choose another output folder or --suffix")
-        jobs.append(Job(src, outdir / key, key))
-    if not jobs:
-        raise BatchError("no images to process (known extensions: " + ", ".join(IMAGE_SUFFIXES) + ")")
-    return jobs, ignored
+) -> tuple[JobList, int]:
+    """Plan every output before any work: returns the jobs (compact, for a million files) and how many non-image
+    files were ignored. Two inputs that would write one output, or an output that is its input, raise BatchError."""
+    return list_jobs(inputs, outdir, recursive, fmt, suffix)
 
 
 @dataclass(frozen=True)
@@ -105,8 +56,8 @@ class BatchOptions:
 
 @dataclass(frozen=True)
 class BatchPlan:
-    todo: list[Job]
-    skipped: list[Job]  # done and still valid, per the journal
+    todo: Sequence[Job]
+    skipped: Sequence[Job]  # done and still valid, per the journal
     ignored: int  # files without an image extension
 
 
@@ -119,15 +70,25 @@ def pixel_options(options: dict[str, Any], quality: int, dtype: str) -> dict[str
 
 
 def plan_batch(
-    jobs: list[Job], ignored: int, options: BatchOptions, journal: Journal, model_sha256: str, pixels: dict[str, Any]
+    jobs: Sequence[Job], ignored: int, options: BatchOptions, journal: Journal, model_sha256: str,
+    pixels: dict[str, Any],
 ) -> BatchPlan:
-    """The jobs of `collect_jobs`, split into what to do and what the journal says is done (unless `overwrite`)."""
-    todo = [j for j in jobs if options.overwrite or not journal.is_done(j, model_sha256, pixels)]
-    pending = set(todo)
-    return BatchPlan(todo, [j for j in jobs if j not in pending], ignored)
+    """The jobs of `collect_jobs`, split into what to do and what the journal says is done (unless `overwrite`).
+    An input is hashed only when the journal has an entry for its output."""
+    if options.overwrite or not journal.entries:
+        done = [False] * len(jobs)
+    elif isinstance(jobs, JobList):
+        done = [jobs.key(i) in journal.entries and journal.is_done(jobs.job(i), model_sha256, pixels)
+                for i in range(len(jobs))]
+    else:
+        done = [journal.is_done(j, model_sha256, pixels) for j in jobs]
+    if isinstance(jobs, JobList):
+        return BatchPlan(jobs.select(not d for d in done), jobs.select(done), ignored)
+    pairs = list(zip(jobs, done, strict=True))
+    return BatchPlan([j for j, d in pairs if not d], [j for j, d in pairs if d], ignored)
 
 
-def write_report(path: Path, plan: BatchPlan, outcomes: list[Outcome], model: str, model_sha256: str,
+def write_report(path: Path, plan: BatchPlan, outcomes: Sequence[Outcome], model: str, model_sha256: str,
                  seconds: float) -> None:
     """The `--report` JSON: done, skipped and failed files, the model, and the throughput."""
     from esrgan_cli.atomic import atomic_write
@@ -155,35 +116,48 @@ class Journal:
 
     def __init__(self, outdir: Path) -> None:
         self.path = outdir / JOURNAL_NAME
-        self.entries: dict[str, dict[str, Any]] = {}
+        # output key → (input sha256, model sha256, options, output size). Compact, with the model and options
+        # shared between entries, and read line by line, so a journal of a million files fits in little memory.
+        self.entries: dict[str, tuple[Any, Any, Any, Any]] = {}
+        self.retain = True  # keep what `record` writes in `entries` (a driver that is done planning need not)
         self._lock = threading.Lock()
+        shared: dict[str, Any] = {}
         if self.path.is_file():
-            for line in self.path.read_text(encoding="utf-8").splitlines():
-                try:
-                    entry = json.loads(line)
-                    self.entries[entry["output"]] = entry
-                except (json.JSONDecodeError, KeyError, TypeError):
-                    continue  # a line cut short by a crash: that output is simply redone
+            with open(self.path, encoding="utf-8", errors="replace") as f:
+                for line in f:
+                    try:
+                        entry = json.loads(line)
+                        model, options = entry.get("model_sha256"), entry.get("options")
+                        model = shared.setdefault(f"m{model}", model)
+                        options = shared.setdefault(json.dumps(options, sort_keys=True), options)
+                        self.entries[entry["output"]] = (entry.get("input_sha256"), model, options,
+                                                         entry.get("output_size"))
+                    except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
+                        continue  # a line cut short by a crash: that output is simply redone
 
     def is_done(self, job: Job, model_sha256: str, options: dict[str, Any]) -> bool:
         entry = self.entries.get(job.key)
-        if not entry or entry.get("model_sha256") != model_sha256 or entry.get("options") != options:
+        if not entry or entry[1] != model_sha256 or entry[2] != options:
             return False
         try:
-            if job.dst.stat().st_size != entry.get("output_size"):
+            if job.dst.stat().st_size != entry[3]:
                 return False
         except OSError:
             return False
-        return entry.get("input_sha256") == sha256_of(job.src)
+        return entry[0] == sha256_of(job.src)
 
-    def record(self, job: Job, input_sha256: str, model_sha256: str, options: dict[str, Any]) -> None:
+    def record(self, job: Job, input_sha256: str, model_sha256: str, options: dict[str, Any],
+               output_size: int | None = None) -> None:
+        """Append the entry of a completely written output (`output_size`: its size, if the writer knows it)."""
+        size = job.dst.stat().st_size if output_size is None else output_size
         entry = {"output": job.key, "input": str(job.src), "input_sha256": input_sha256,
-                 "model_sha256": model_sha256, "options": options, "output_size": job.dst.stat().st_size,
+                 "model_sha256": model_sha256, "options": options, "output_size": size,
                  "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         line = (json.dumps(entry, sort_keys=True) + "\n").encode("utf-8")
         with self._lock:
             self._append(line)
-            self.entries[job.key] = entry
+            if self.retain:
+                self.entries[job.key] = (input_sha256, model_sha256, options, size)
 
     def _append(self, line: bytes) -> None:
         """Append one whole line, or nothing: a write that fails (a full disk) is cut back off."""
@@ -257,7 +231,7 @@ def _failed(job: Job, e: EsrganError) -> Outcome:
 _END = object()
 
 
-def run_batch(jobs: list[Job], stages: Stages[D, R], overlap_io: bool = True, depth: int = 2) -> list[Outcome]:
+def run_batch(jobs: Sequence[Job], stages: Stages[D, R], overlap_io: bool = True, depth: int = 2) -> list[Outcome]:
     """Run every job; an EsrganError fails that job only, except a full disk, which stops the batch after that
     job (what is written is in the journal, so a rerun resumes). Ctrl-C stops after the write in flight.
 

@@ -9,12 +9,12 @@ from typing import TYPE_CHECKING, cast
 
 import click
 
-from esrgan_cli.cli.common import ProgressBar, TileParam, debug_traceback, notes_line, say
+from esrgan_cli.cli.common import ProgressBar, TileParam, notes_line, say
 from esrgan_cli.defaults import DEFAULT_MAX_OUTPUT_PIXELS, DEFAULT_OVERLAP, DEFAULT_QUALITY, IMAGE_SUFFIXES
 from esrgan_cli.errors import EsrganError, naming
 
 if TYPE_CHECKING:
-    from esrgan_cli.batch import BatchOptions, Job
+    from esrgan_cli.cluster import ClusterOptions
     from esrgan_cli.device import Precision
     from esrgan_cli.engine import Upscaler
     from esrgan_cli.pipeline import AlphaLoss, AlphaMode, UpscaleOptions
@@ -61,12 +61,18 @@ def register(group: click.Group) -> None:
 @click.option("--overwrite", is_flag=True, help="Batch: redo outputs that the journal says are done.")
 @click.option("--report", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="Batch: write a JSON report of done, skipped and failed files.")
+@click.option("--ray", "ray_address", default=None, metavar="ADDRESS",
+              help="Batch: run on a Ray cluster: auto (RAY_ADDRESS or a running `ray start`), local (start one on "
+                   "this machine), HOST:PORT or ray://HOST:PORT. Needs pip install \"esrgan[ray]\".")
+@click.option("--workers", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Batch: model replicas. With --ray: one GPU each where the cluster has GPUs (default: one per GPU, "
+                   "else one per node). Without --ray: one process per GPU of this machine.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary; errors still go to stderr.")
 def upscale(
     paths: tuple[str, ...], output_path: Path, model: str | None, tile: int | None, overlap: int, device: str,
     precision: str, outscale: float | None, quality: int, alpha_mode: str, alpha_loss: str, tta: bool,
-    first_frame: bool, max_output_pixels: int, recursive: bool, out_format: str | None, suffix: str, overwrite: bool,
-    report: Path | None, quiet: bool,
+    first_frame: bool, max_output_pixels: int, recursive: bool, out_format: str | None, suffix: str,
+    overwrite: bool, report: Path | None, ray_address: str | None, workers: int | None, quiet: bool,
 ) -> None:
     """Upscale images: one file into -o FILE, or many into the folder -o OUTDIR.
 
@@ -82,6 +88,7 @@ def upscale(
       esrgan upscale logo.png -o logo_x2.webp --outscale 2 --quality 90
       esrgan upscale scans/ -o big/ --recursive --format png --report report.json
       esrgan upscale 'shots/*.jpg' extra.png -o out/ --suffix _x4
+      esrgan upscale archive/ -o big/ -r --ray HEAD:6379 --workers 8
     """
     from esrgan_cli.batch import BatchOptions
     from esrgan_cli.pipeline import UpscaleOptions
@@ -93,11 +100,36 @@ def upscale(
     run = Run(model=model, device=device, precision=cast("Precision", precision), options=options,
               quality=quality, quiet=quiet)
     if single:
+        if ray_address is not None or workers is not None:
+            raise click.UsageError("--ray and --workers are for batches: several inputs, a folder or a glob")
         _upscale_one(Path(paths[0]), output_path, run)
     else:
+        from esrgan_cli.cli.batch import upscale_many
+
         batch = BatchOptions(recursive=recursive, format=out_format, suffix=suffix, overwrite=overwrite,
                              report=report)
-        _upscale_many(paths, output_path, run, batch)
+        upscale_many(paths, output_path, run, batch, _cluster(ray_address, workers, device, quiet))
+
+
+def _cluster(address: str | None, workers: int | None, device: str, quiet: bool) -> ClusterOptions | None:
+    """Where a batch's replicas run: a Ray cluster, one process per GPU here, or (None) this process."""
+    from esrgan_cli.cluster import ClusterOptions
+
+    if address is not None:
+        if not address.strip():
+            raise click.BadParameter("an address: auto, local, HOST:PORT or ray://HOST:PORT", param_hint="'--ray'")
+        return ClusterOptions(address=address.strip(), workers=workers)
+    if workers is None or workers == 1:
+        return None
+    from esrgan_cli.cluster_local import local_gpus
+
+    gpus = local_gpus(device)
+    if len(gpus) < 2:
+        if not quiet:
+            say(f"note: --workers {workers} without --ray spreads over GPUs (with --device auto or cuda), and there "
+                f"{'is one' if gpus else 'are none'} to spread over: one process runs (it uses every CPU core)")
+        return None
+    return ClusterOptions(workers=min(workers, len(gpus)), devices=tuple(gpus[:workers]))
 
 
 def _is_single(paths: tuple[str, ...], output: Path) -> bool:
@@ -135,7 +167,7 @@ class Run:
     quiet: bool
 
 
-def _load_upscaler(run: Run) -> tuple[Upscaler, str]:
+def load_upscaler(run: Run) -> tuple[Upscaler, str]:
     """The model on its device, and the name it goes by in messages."""
     from esrgan_cli.api import load_model
     from esrgan_cli.registry import load_registry
@@ -155,7 +187,7 @@ def _upscale_one(input_path: Path, output_path: Path, run: Run) -> None:
     check_output(input_path, output_path)
     fmt = output_format(output_path)
     image = read_image(input_path, all_frames=not run.options.first_frame)
-    upscaler, source = _load_upscaler(run)
+    upscaler, source = load_upscaler(run)
     bar = ProgressBar(run.quiet, f"{input_path.name}")
     with bar as advance:
         try:
@@ -177,70 +209,3 @@ def _upscale_one(input_path: Path, output_path: Path, run: Run) -> None:
             f"wrote {output_path} ({frames}{w}×{h}, model {source}, {placement.device.type} "
             f"{str(placement.dtype).removeprefix('torch.')}, {tiles}{retried}, {result.seconds:.1f} s)"
         )
-
-
-def _upscale_many(paths: tuple[str, ...], outdir: Path, run: Run, batch: BatchOptions) -> None:
-    from esrgan_cli.atomic import folder_lock
-    from esrgan_cli.batch import collect_jobs
-
-    if outdir.exists() and not outdir.is_dir():
-        raise EsrganError(f"{outdir}: not a folder (with several inputs, -o names the output folder)")
-    jobs, ignored = collect_jobs(paths, outdir, batch.recursive, batch.format, batch.suffix)
-    try:
-        outdir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise EsrganError(f"{outdir}: cannot create the output folder ({e.strerror or e})") from None
-    with folder_lock(outdir):
-        _run_batch(jobs, ignored, outdir, run, batch)
-
-
-def _run_batch(jobs: list[Job], ignored: int, outdir: Path, run: Run, batch: BatchOptions) -> None:
-    import dataclasses
-    import time
-
-    from esrgan_cli.batch import Journal, Outcome, pixel_options, plan_batch, run_batch, write_report
-    from esrgan_cli.hashing import sha256_of
-    from esrgan_cli.pipeline import batch_stages
-
-    upscaler, source = _load_upscaler(run)
-    model_sha = sha256_of(upscaler.weights.path)
-    pixels = pixel_options(dataclasses.asdict(run.options), run.quality,
-                           str(upscaler.placement.dtype).removeprefix("torch."))
-    journal = Journal(outdir)
-    plan = plan_batch(jobs, ignored, batch, journal, model_sha, pixels)
-    if not run.quiet and (plan.skipped or plan.ignored):
-        say(f"{len(plan.skipped)} already done (journal in {outdir}), {plan.ignored} non-image files ignored")
-    stages = batch_stages(upscaler, run.options, run.quality, journal, model_sha, pixels)
-
-    start = time.perf_counter()
-    todo = plan.todo
-    progress = ProgressBar(run.quiet, "images", files=len(todo))
-    with progress as advance:
-
-        def on_done(outcome: Outcome) -> None:
-            if outcome.error:
-                debug_traceback(outcome.exception)
-                progress.say(f"failed: {outcome.error}")
-            elif not run.quiet and (line := notes_line(str(outcome.job.src), outcome.notes)):
-                progress.say(line)
-            if advance:
-                advance(1, len(todo))
-
-        stages.on_done = on_done
-        outcomes = run_batch(todo, stages)
-    seconds = time.perf_counter() - start
-    failed = [o for o in outcomes if o.error]
-    done = len(outcomes) - len(failed)
-    mpx = sum(o.megapixels for o in outcomes if not o.error)
-    if batch.report is not None:
-        write_report(batch.report, plan, outcomes, source, model_sha, seconds)
-    if any(o.stops_batch for o in outcomes):
-        say(f"stopped: {len(todo) - len(outcomes)} files not started; free space and run the same command again "
-            f"to resume (the journal in {outdir} keeps what is done)")
-    if not run.quiet or failed:
-        frames = sum(o.frames for o in outcomes if not o.error)
-        extra = f" ({frames} frames or pages)" if frames > done else ""
-        say(f"done {done}{extra}, skipped {len(plan.skipped)}, failed {len(failed)} in {seconds:.1f} s "
-            f"({mpx / seconds if seconds > 0 else 0:.3f} input Mpx/s)")
-    if failed:
-        raise SystemExit(1)
