@@ -11,6 +11,7 @@ Ray is imported only here, and only when `--ray` is used.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -66,14 +67,25 @@ def connect(ray: Any, address: str, object_store_bytes: int | None) -> None:
         _token_auth_as_for_auto()
     elif address == "auto" and os.environ.get("RAY_ADDRESS"):
         _probe(os.environ["RAY_ADDRESS"])
-    try:
-        if address == "local":
-            ray.init(address="local", include_dashboard=False, object_store_memory=object_store_bytes, **quiet)
-        else:
-            ray.init(address=address, **quiet)
-    except Exception as e:  # Ray raises ConnectionError, RuntimeError, ValueError, TimeoutError...
-        raise ClusterError(f"cannot connect to the Ray cluster at {address}: {first_line(e)} (a cluster with "
-                           "token authentication needs RAY_AUTH_MODE=token and its token)") from None
+    # Ray's client server starts a driver process for each ray:// connection; on a busy head it can miss its
+    # start-up deadline ("Initialization failure from server") and be ready a moment later: one more try.
+    tries = 2 if address.startswith("ray://") else 1
+    for attempt in range(1, tries + 1):
+        try:
+            if address == "local":
+                ray.init(address="local", include_dashboard=False, object_store_memory=object_store_bytes, **quiet)
+            else:
+                ray.init(address=address, **quiet)
+            return
+        except Exception as e:  # Ray raises ConnectionError, RuntimeError, ValueError, TimeoutError...
+            if attempt < tries:
+                with contextlib.suppress(Exception):
+                    ray.shutdown()
+                continue
+            text = first_line(e)
+            hint = (" (a cluster with token authentication needs RAY_AUTH_MODE=token and its token)"
+                    if "auth" in text.lower() or "token" in text.lower() else "")
+            raise ClusterError(f"cannot connect to the Ray cluster at {address}: {text}{hint}") from None
 
 
 def _token_auth_as_for_auto() -> None:
