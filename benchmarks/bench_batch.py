@@ -28,10 +28,12 @@ from esrgan_cli.weights import LoadedWeights, load_weights
 
 
 def make_inputs(folder: Path, count: int, size: int, shared: Path) -> None:
+    """`count` photo crops of `size`² (random pixels without ../shared, or for sizes of 8 and under)."""
+    folder.mkdir(parents=True, exist_ok=True)
     sources = sorted((shared / "trainsets").rglob("*.png"))[:count] if shared.is_dir() else []
     rng = np.random.default_rng(0)
     for i in range(count):
-        if sources:
+        if sources and size > 8:
             img = Image.open(sources[i % len(sources)]).convert("RGB")
             x, y = (img.width - size) // 2, (img.height - size) // 2
             img = img.crop((x, y, x + size, y + size))

@@ -20,9 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
+from bench_batch import make_inputs  # benchmarks/ is the script's folder, so it is on sys.path
 
 import esrgan_cli
 from esrgan_cli.batch import BatchOptions, Journal, collect_jobs, pixel_options, plan_batch, run_batch
@@ -35,20 +34,6 @@ from esrgan_cli.weights import load_weights
 
 OPTIONS = UpscaleOptions()
 THREADS = [1]  # torch threads per model replica (the local batch is one replica)
-
-
-def make_inputs(folder: Path, count: int, size: int, shared: Path) -> None:
-    folder.mkdir(parents=True)
-    sources = sorted((shared / "trainsets").rglob("*.png"))[:count] if shared.is_dir() else []
-    rng = np.random.default_rng(0)
-    for i in range(count):
-        if sources and size > 8:
-            img = Image.open(sources[i % len(sources)]).convert("RGB")
-            x, y = (img.width - size) // 2, (img.height - size) // 2
-            img = img.crop((x, y, x + size, y + size))
-        else:
-            img = Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8))
-        img.save(folder / f"{i:04}.png")
 
 
 def local_batch(src: Path, out: Path, model: str) -> float:
