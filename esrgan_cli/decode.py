@@ -36,6 +36,7 @@ class LoadedImage:
     notes: tuple[str, ...] = ()  # what the decoder warned about, for the user
     value_range: tuple[float, float] | None = None  # a float image's (min, max), mapped to [0, 1] in `rgb`
     frames: Frames | None = None  # every frame or page, this one first, when the file has several and they were read
+    frame_count: int = 1  # frames or pages the file says it holds (1 when it cannot tell), read or not
 
     @property
     def height(self) -> int:
@@ -100,6 +101,8 @@ def _decode(path: Path, max_pixels: int | None, all_frames: bool) -> LoadedImage
             image = from_pil(img, str(path))
             if all_frames:
                 image = _with_frames(img, image, path, limit)
+            elif (count := _frame_count(img)) and count > 1:
+                image = dataclasses.replace(image, frame_count=count)
     except EsrganError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
@@ -176,7 +179,7 @@ def _with_frames(img: Image.Image, first: LoadedImage, path: Path, limit: int | 
         disposal=() if None in disposal else tuple(d for d in disposal if d is not None),
         pages=pages,
     )
-    return dataclasses.replace(first, frames=frames, notes=tuple(notes))
+    return dataclasses.replace(first, frames=frames, frame_count=len(images), notes=tuple(notes))
 
 
 def _disposal(img: Image.Image) -> Disposal | None:

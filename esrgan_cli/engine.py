@@ -3,7 +3,8 @@
 The image stays in host memory and only the block in flight is on the device. A block is a trunk tile (the
 low-resolution part, nearly all the arithmetic) and the tail tiles that cover its core (the upsampling part, nearly
 all the memory). Tiling and the out-of-memory policy live in `tiling.py`; this module supplies the compute, the fp16
-overflow fallback, and the self-ensemble (`tta`) as a wrapper on that compute.
+overflow fallback, and the self-ensemble (`tta`) as a wrapper on that compute. A window that touches the image's
+edge is grown there by `EDGE_PAD` reflected pixels, so the model's own zero padding never shifts the border's levels.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torch
 from torch.nn import functional as F
 
 from esrgan_cli.arch import TAIL_REACH, RRDBNet
-from esrgan_cli.defaults import DEFAULT_OVERLAP, LUMA_WEIGHTS
+from esrgan_cli.defaults import DEFAULT_OVERLAP, EDGE_PAD, LUMA_WEIGHTS
 from esrgan_cli.device import (
     Placement,
     auto_tile,
@@ -35,9 +36,11 @@ from esrgan_cli.tiling import (
     Tile,
     TilePlan,
     TileTooLarge,
+    grow_at_edges,
     plan_staged,
     plan_tiles,
     run_blocks,
+    take_reflected,
     to_canvas_dtype,
 )
 from esrgan_cli.weights import LoadedWeights, build_model
@@ -143,26 +146,29 @@ class Upscaler:
         splits the window when this raises TileTooLarge."""
         h, w = tile.shape[:2]
         out = np.empty((h * self.scale, w * self.scale, self.channels), np.float32)
-        self._plain_block(tile, out, plan_staged(h, w, 0, 0, 0, TAIL_REACH * self.align, self.align)[0])
+        # The window may be cut from inside an image: reflecting its own edges would invent content.
+        self._plain_block(tile, out, plan_staged(h, w, 0, 0, 0, TAIL_REACH * self.align, self.align)[0], pad=0)
         return out
 
     # -- per-block compute -------------------------------------------------------------------------------------
 
-    def _plain_block(self, image: np.ndarray, canvas: np.ndarray, block: StagedTile) -> None:
-        outer, s = block.trunk.window, self.scale
-        tails = [Tile(t.core.relative_to(outer), t.window.relative_to(outer)) for t in block.tails]
+    def _plain_block(self, image: np.ndarray, canvas: np.ndarray, block: StagedTile, pad: int = EDGE_PAD) -> None:
+        height, width = image.shape[:2]
+        outer, s = grow_at_edges(block.trunk.window, height, width, pad), self.scale
+        tails = [Tile(t.core.relative_to(outer), grow_at_edges(t.window, height, width, pad).relative_to(outer))
+                 for t in block.tails]
 
         def paste(where: Region, out: torch.Tensor) -> None:
             dest = Region(where.top + outer.top * s, where.left + outer.left * s,
                           where.bottom + outer.top * s, where.right + outer.left * s)
             canvas[dest.slices()] = _to_host(out, canvas.dtype, self.channels)
 
-        self._checked(image[outer.slices()], tails, paste)
+        self._checked(take_reflected(image, outer), tails, paste)
 
     def _ensemble_block(self, image: np.ndarray, canvas: np.ndarray, block: StagedTile) -> None:
         """The block's core, averaged over the 8 transforms of its window (each an exact staged pass)."""
-        outer, core, s = block.trunk.window, block.trunk.core, self.scale
-        window = image[outer.slices()]
+        outer, core, s = grow_at_edges(block.trunk.window, *image.shape[:2], EDGE_PAD), block.trunk.core, self.scale
+        window = take_reflected(image, outer)
         core_rel = core.relative_to(outer)
         total = np.zeros((core.height * s, core.width * s, self.channels), np.float32)
         tail = max(max(t.core.height, t.core.width) for t in block.tails)

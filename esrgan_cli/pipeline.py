@@ -165,6 +165,12 @@ def upscale_image(
     return UpscaleResult(result, blocks, upscaler.fp32_retries - retries_before, time.perf_counter() - start, notes)
 
 
+def reads_all_frames(fmt: str, options: UpscaleOptions) -> bool:
+    """Whether a file written as `fmt` needs every frame of its input decoded: only when `fmt` holds several (a
+    long animation written as JPEG would otherwise be refused by the input limit for frames it never uses)."""
+    return not options.first_frame and fmt in MULTI_FRAME_FORMATS
+
+
 def upscale_file(
     image: LoadedImage, upscaler: Upscaler, fmt: str, options: UpscaleOptions, progress: Progress | None = None,
     on_frame: Callable[[int, int], None] | None = None,
@@ -172,12 +178,11 @@ def upscale_file(
     """A decoded file → what to write as `fmt`: every frame when it has several and `fmt` holds them
     (`on_frame(number, count)` before each), else its one image."""
     frames = image.frames
-    if frames is None or options.first_frame:
-        return upscale_image(image, upscaler, fmt, options, progress)
-    if fmt not in MULTI_FRAME_FORMATS:
+    if frames is None or options.first_frame or fmt not in MULTI_FRAME_FORMATS:
         result = upscale_image(image, upscaler, fmt, options, progress)
-        result.notes.append(f"{fmt} holds one image: only the first of its {len(frames.images)} frames was "
-                            "upscaled (write gif, webp, png or tiff to keep them all, or pass --first-frame)")
+        if image.frame_count > 1 and not options.first_frame and fmt not in MULTI_FRAME_FORMATS:
+            result.notes.append(f"{fmt} holds one image: only the first of its {image.frame_count} frames was "
+                                "upscaled (write gif, webp, png or tiff to keep them all, or pass --first-frame)")
         return result
     notes = list(image.notes)
     check_frames(frames, fmt, notes)
@@ -282,7 +287,7 @@ def batch_stages(
     """Decode, upscale and encode one batch job; a finished output is recorded in `journal`."""
 
     def decode(job: Job) -> tuple[str, LoadedImage]:
-        image = read_image(job.src, all_frames=not options.first_frame)
+        image = read_image(job.src, all_frames=reads_all_frames(output_format(job.dst), options))
         try:
             return (sha256_of(job.src) if journal else ""), image
         except OSError as e:

@@ -58,6 +58,28 @@ class Region:
         return slice(self.top, self.bottom), slice(self.left, self.right)
 
 
+def grow_at_edges(r: Region, height: int, width: int, by: int) -> Region:
+    """`r` grown by `by` pixels past each edge of the height×width image that it touches."""
+    return Region(r.top - by if r.top == 0 else r.top, r.left - by if r.left == 0 else r.left,
+                  r.bottom + by if r.bottom == height else r.bottom, r.right + by if r.right == width else r.right)
+
+
+def reflect_indices(start: int, stop: int, size: int) -> np.ndarray:
+    """Indices of [start, stop) on an axis of `size` pixels, reflected at its ends (as `np.pad` "reflect" does,
+    again and again when the span is longer than the axis)."""
+    before, after = max(0, -start), max(0, stop - size)
+    return np.pad(np.arange(size), (before, after), mode="reflect")[start + before: stop + before]
+
+
+def take_reflected(image: np.ndarray, r: Region) -> np.ndarray:
+    """The pixels of `r`, which may reach past the image's edges, as one contiguous array; the part outside is the
+    whole image's reflection, so every tile of an image sees the same padding."""
+    height, width = image.shape[:2]
+    if r.top >= 0 and r.left >= 0 and r.bottom <= height and r.right <= width:
+        return np.ascontiguousarray(image[r.slices()])
+    return image[reflect_indices(r.top, r.bottom, height)[:, None], reflect_indices(r.left, r.right, width)[None, :]]
+
+
 @dataclass(frozen=True)
 class Tile:
     core: Region

@@ -164,6 +164,16 @@ def psnr(a: np.ndarray, b: np.ndarray, peak: float = 1.0) -> float:
 Forward = Callable[[torch.Tensor], torch.Tensor]
 
 
+def padded_forward(up: Any, image: np.ndarray) -> np.ndarray:
+    """What the engine computes for a whole image, built independently: the plain window callback on the image
+    reflect-padded by EDGE_PAD on every side, cropped back."""
+    from esrgan_cli.defaults import EDGE_PAD
+
+    padded = np.pad(image, ((EDGE_PAD, EDGE_PAD), (EDGE_PAD, EDGE_PAD), (0, 0)), mode="reflect")
+    e = EDGE_PAD * up.scale
+    return up(np.ascontiguousarray(padded))[e:-e, e:-e]
+
+
 def out_of_memory_above(fn: Forward, pixels: int) -> Forward:
     """`fn`, but raising CUDA's out-of-memory error for inputs of more than `pixels` pixels."""
 

@@ -144,6 +144,26 @@ def test_a_format_with_one_image_gets_the_first_frame_and_a_note(tiny_weights: P
     assert Image.open(tmp_path / "one.jpg").size == (36, 28)
 
 
+def test_a_one_image_output_decodes_only_the_first_frame(upscaler: Upscaler, tmp_path: Path) -> None:
+    """Frames a JPEG cannot hold are never decoded, so a long animation is not refused for them by the input
+    limit, and the note still counts them."""
+    from esrgan_cli.errors import ImageReadError
+    from esrgan_cli.pipeline import reads_all_frames
+
+    src = save_animation(tmp_path / "anim.gif")
+    options = UpscaleOptions(tile=0)
+    assert reads_all_frames("GIF", options) and not reads_all_frames("JPEG", options)
+    assert not reads_all_frames("GIF", UpscaleOptions(tile=0, first_frame=True))
+    limit = 2 * 9 * 7  # two frames' pixels: the three frames together are over it
+    with pytest.raises(ImageReadError, match="over the input limit"):
+        read_image(src, limit, all_frames=reads_all_frames("GIF", options))
+    image = read_image(src, limit, all_frames=reads_all_frames("JPEG", options))
+    assert image.frames is None and image.frame_count == 3
+    result = upscale_file(image, upscaler, "JPEG", options)
+    assert result.image.size == (36, 28)
+    assert any("only the first of its 3 frames" in n for n in result.notes)
+
+
 def test_the_output_limit_counts_every_frame(tiny_weights: Path, tmp_path: Path) -> None:
     src = save_animation(tmp_path / "anim.webp")
     one_frame = 36 * 28

@@ -9,12 +9,13 @@ import pytest
 import torch
 
 from esrgan_cli.arch import TAIL_REACH, RRDBConfig
+from esrgan_cli.defaults import EDGE_PAD
 from esrgan_cli.device import Placement, tail_bytes_per_pixel, trunk_bytes_per_pixel
 from esrgan_cli.engine import Upscaler
 from esrgan_cli.tiling import Region, plan_staged
 from esrgan_cli.weights import LoadedWeights
 
-from conftest import out_of_memory_above, random_image, tiny_model
+from conftest import out_of_memory_above, padded_forward, random_image, tiny_model
 
 CPU32 = Placement(torch.device("cpu"), torch.float32)
 
@@ -27,8 +28,8 @@ def upscaler(config: RRDBConfig, dtype: torch.dtype = torch.float32, scale_first
 
 
 def reference(up: Upscaler, image: np.ndarray) -> np.ndarray:
-    """The plain forward pass of the whole image, cropped to the image's output size."""
-    return up(image)
+    """The plain forward pass of the whole (edge-padded) image, cropped to the image's output size."""
+    return padded_forward(up, image)
 
 
 @pytest.mark.parametrize("scale", [4, 2, 1])
@@ -94,7 +95,8 @@ def test_trunk_tiles_with_overlap_stay_close_and_out_of_memory_splits_blocks(mon
     up = upscaler(RRDBConfig(num_feat=16, num_block=1, num_grow=8))
     image = random_image(40, 40, seed=5)
     whole = reference(up, image)
-    monkeypatch.setattr(up.model, "trunk", out_of_memory_above(up.model.trunk, 30 * 30))
+    # 20-pixel blocks run on 36-pixel windows: 8 pixels of context inside the image, 8 reflected past its edge.
+    monkeypatch.setattr(up.model, "trunk", out_of_memory_above(up.model.trunk, 36 * 36))
     done: list[int] = []
     canvas = np.zeros((160, 160, 3), np.float32)
     passes = up.upscale_into(image, canvas, 0, 8, on_progress=done.append)
@@ -112,7 +114,7 @@ def test_fp16_overflow_in_a_block_is_redone_in_fp32() -> None:
     canvas = np.zeros((48, 48, 3), np.float32)
     half.upscale_into(image, canvas, 0, 0)
     assert half.fp32_retries == 1
-    assert np.array_equal(canvas, full(image))
+    assert np.array_equal(canvas, reference(full, image))
 
 
 def test_x16_models_run_staged_with_exact_tail_tiles() -> None:
@@ -136,16 +138,20 @@ def test_rgba_models_carry_alpha_through_the_model() -> None:
     up = esrgan_cli.load_model(model.state_dict(), device="cpu")
     assert up.channels == 4
     rgba = np.concatenate([random_image(10, 9, seed=1), random_image(10, 9, seed=2)[..., :1]], axis=2)
-    with torch.inference_mode():
-        expected = model(torch.from_numpy(rgba.transpose(2, 0, 1).copy())[None]).clamp(0, 1)[0]
-    expected = expected.permute(1, 2, 0).numpy()
+    e = EDGE_PAD * 4
+
+    def forward(x: np.ndarray) -> np.ndarray:
+        padded = np.pad(x, ((EDGE_PAD, EDGE_PAD), (EDGE_PAD, EDGE_PAD), (0, 0)), mode="reflect")
+        with torch.inference_mode():
+            out = model(torch.from_numpy(padded.transpose(2, 0, 1).copy())[None]).clamp(0, 1)[0]
+        return out.permute(1, 2, 0).numpy()[e:-e, e:-e]
+
+    expected = forward(rgba)
     out = up.upscale(rgba)
     assert out.shape == (40, 36, 4) and np.abs(out - expected).max() < 1e-5
     # An opaque image goes in with an opaque alpha plane, and comes out without one.
     opaque = rgba[..., :3]
-    with torch.inference_mode():
-        x = torch.from_numpy(np.concatenate([opaque, np.ones_like(opaque[..., :1])], axis=2).transpose(2, 0, 1).copy())
-        colour = model(x[None]).clamp(0, 1)[0, :3].permute(1, 2, 0).numpy()
+    colour = forward(np.concatenate([opaque, np.ones_like(opaque[..., :1])], axis=2))[..., :3]
     out3 = up.upscale(opaque)
     assert out3.shape == (40, 36, 3) and np.abs(out3 - colour).max() < 1e-5
     from PIL import Image

@@ -125,13 +125,17 @@ def _write_preview(image_path: Path, models: list[LoadedWeights], alphas: list[f
               help="Output .safetensors file.")
 @click.option("--dtype", type=DTYPE_CHOICE, default="auto", show_default=True,
               help="Stored precision; auto keeps the source's.")
-def convert(model: str, output_path: Path, dtype: str) -> None:
+@click.option("--true-levels", is_flag=True,
+              help="Fold a per-channel gain and offset into the last layer so flat black and white come out as "
+                   "themselves (a model that lifts black swamps dark 16-bit images).")
+def convert(model: str, output_path: Path, dtype: str, true_levels: bool) -> None:
     """Convert any supported checkpoint to safetensors with canonical keys and metadata.
 
     \b
     Examples:
       esrgan convert RRDB_ESRGAN_x4.pth -o esrgan_x4.safetensors
       esrgan convert esrgan-psnr-x4 -o psnr.safetensors --dtype fp16
+      esrgan convert my_gan.safetensors -o my_gan_levels.safetensors --true-levels
     """
     _safetensors_output(output_path)
     import torch
@@ -144,10 +148,28 @@ def convert(model: str, output_path: Path, dtype: str) -> None:
     out_dtype = weights.source_dtype if dtype == "auto" else _torch_dtype(dtype)
     if not out_dtype.is_floating_point or out_dtype == torch.float64:
         out_dtype = torch.float32
-    meta = {"esrgan.source": model, "esrgan.source_sha256": sha256_of(weights.path)}
+    # The source's own description (name, stage, iteration, training settings) stays with the weights.
+    kept = {k: v for k, v in weights.metadata.items() if k.startswith("esrgan.") and k not in _REWRITTEN_META}
+    meta = {**kept, "esrgan.source": model, "esrgan.source_sha256": sha256_of(weights.path)}
+    if true_levels:
+        from esrgan_cli.levels import measure_levels
+        from esrgan_cli.levels import true_levels as fold_levels
+
+        before = measure_levels(weights)
+        weights = fold_levels(weights)
+        meta["esrgan.levels"] = f"black {_levels(before.black)}, white {_levels(before.white)} folded to 0 and 1"
+        say(f"levels: black came out as {_levels(before.black)}, white as {_levels(before.white)} (of 255); "
+            "folded into conv_last")
     save_safetensors(weights.state_dict, weights.config, output_path, meta, dtype=out_dtype)
     say(f"wrote {output_path} ({weights.config.num_block} blocks, x{weights.config.scale}, "
          f"{str(out_dtype).removeprefix('torch.')})")
+
+
+_REWRITTEN_META = {"esrgan.arch", "esrgan.config", "esrgan.source", "esrgan.source_sha256", "esrgan.levels"}
+
+
+def _levels(values: tuple[float, ...]) -> str:
+    return "/".join(f"{v * 255:.1f}" for v in values)
 
 
 @click.command()

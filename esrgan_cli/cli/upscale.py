@@ -182,11 +182,11 @@ def load_upscaler(run: Run) -> tuple[Upscaler, str]:
 def _upscale_one(input_path: Path, output_path: Path, run: Run) -> None:
     from esrgan_cli.atomic import check_output
     from esrgan_cli.imageio import output_format, read_image, write_image
-    from esrgan_cli.pipeline import upscale_file
+    from esrgan_cli.pipeline import reads_all_frames, upscale_file
 
     check_output(input_path, output_path)
     fmt = output_format(output_path)
-    image = read_image(input_path, all_frames=not run.options.first_frame)
+    image = read_image(input_path, all_frames=reads_all_frames(fmt, run.options))
     upscaler, source = load_upscaler(run)
     bar = ProgressBar(run.quiet, f"{input_path.name}")
     with bar as advance:
