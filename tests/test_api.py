@@ -37,7 +37,7 @@ def test_readme_python_api_example_runs() -> None:
                           text=True, timeout=300, env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.strip().splitlines()
-    assert lines[0].startswith("['compact-x4'") and "no-such-model" in lines[-1]
+    assert lines[0].startswith("['compact-real-x4'") and "no-such-model" in lines[-1]
 
 
 def test_import_is_lazy_and_the_public_names_resolve() -> None:

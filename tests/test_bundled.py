@@ -22,7 +22,7 @@ from esrgan_cli.weights import load_weights
 
 from conftest import ROOT, WAIT_S
 
-GAN, PSNR = "compact-x4", "compact-psnr-x4"
+GAN, PSNR, REAL = "compact-x4", "compact-psnr-x4", "compact-real-x4"
 CARD = ROOT / "weights" / "README.md"
 
 
@@ -32,16 +32,16 @@ def offline_env(tmp_path: Path) -> dict[str, str]:
             "HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9"}
 
 
-def test_the_default_model_is_bundled_and_its_twin_too() -> None:
+def test_the_default_model_is_bundled_and_its_twins_too() -> None:
     registry = load_registry()
-    assert registry.default == GAN
-    for name in (GAN, PSNR):
+    assert registry.default == REAL
+    for name in (REAL, GAN, PSNR):
         entry = registry.models[name]
         assert isinstance(entry.source, BundledFile), name
         assert entry.source.path.parent == weights_dir()
         weights = load_weights(resolve_model(name, registry).path)  # sha256-checked
         assert weights.config == entry.config and weights.source_dtype == torch.float16
-    assert registry.models[GAN].config == registry.models[PSNR].config
+    assert registry.models[GAN].config == registry.models[PSNR].config == registry.models[REAL].config
 
 
 def test_readme_run_command_works_offline(tmp_path: Path) -> None:
@@ -103,6 +103,33 @@ def test_gan_model_is_sharper_than_its_psnr_twin(shared: Path) -> None:
         assert detail(runs[GAN](lr)) > 1.1 * detail(runs[PSNR](lr)), pair.name
 
 
+def web_damaged(photo: np.ndarray, quality: int) -> np.ndarray:
+    """`photo` shrunk 4× (Pillow's antialiased bicubic) and saved as a JPEG at `quality`, decoded again."""
+    import io
+
+    small = Image.fromarray(photo).resize((photo.shape[1] // 4, photo.shape[0] // 4), Image.Resampling.BICUBIC)
+    buffer = io.BytesIO()
+    small.save(buffer, "JPEG", quality=quality)
+    return np.asarray(Image.open(buffer).convert("RGB"))
+
+
+def test_the_default_cleans_a_web_jpeg_where_the_bicubic_models_do_not() -> None:
+    """On the shipped photo shrunk and saved as a low-quality JPEG, the default is nearer the original than
+    compact-x4 (which sharpens the blocks) and than bicubic, in Y-PSNR."""
+    from esrgan_cli.metrics import psnr_y
+    from esrgan_cli.resize import imresize
+
+    photo = np.asarray(Image.open(ROOT / "examples" / "chelsea.png").convert("RGB"))[:296, :448]
+    placement = choose_placement("cpu", "fp32")
+    for quality in (40, 60):
+        lr = web_damaged(photo, quality)
+        outputs = {name: with_upscaler(Upscaler(load_weights(resolve_model(name).path), placement))(lr)
+                   for name in (REAL, GAN)}
+        outputs["bicubic"] = imresize(lr, 4.0)
+        scores = {name: psnr_y(out, photo, 4) for name, out in outputs.items()}
+        assert scores[REAL] > scores[GAN] and scores[REAL] > scores["bicubic"], (quality, scores)
+
+
 def test_the_wheel_ships_the_bundled_models(tmp_path: Path) -> None:
     pytest.importorskip("setuptools", minversion="77")
     r = subprocess.run([sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "--no-build-isolation",
@@ -114,7 +141,8 @@ def test_the_wheel_ships_the_bundled_models(tmp_path: Path) -> None:
     shipped = {f"esrgan_cli/bundled/{e.source.path.name}" for e in registry.models.values()
                if isinstance(e.source, BundledFile)}
     assert shipped and shipped <= names
-    assert {"esrgan_cli/bundled/registry.json", "esrgan_cli/bundled/README.md", "esrgan_cli/py.typed"} <= names
+    assert {"esrgan_cli/bundled/registry.json", "esrgan_cli/bundled/README.md", "esrgan_cli/py.typed",
+            "esrgan_cli/bundled/LICENSE-Real-ESRGAN.txt"} <= names
     # Every module of every subpackage ships: a package left out of pyproject.toml breaks only installed copies.
     sources = {p.relative_to(ROOT).as_posix() for p in (ROOT / "esrgan_cli").rglob("*.py")}
     assert sources <= names, sorted(sources - names)

@@ -21,7 +21,7 @@ BUNDLED = [m.name for m in esrgan_cli.available_models() if m.bundled]
 
 
 def test_every_bundled_model_is_checked() -> None:
-    assert {"compact-x4", "compact-psnr-x4"} <= set(BUNDLED)
+    assert {"compact-real-x4", "compact-x4", "compact-psnr-x4"} <= set(BUNDLED)
 
 
 @pytest.mark.parametrize("name", BUNDLED)

@@ -142,8 +142,8 @@ def test_info_text_and_models_list(tiny_weights: Path, tmp_path: Path) -> None:
     listed = json.loads(esrgan("models", "list", "--json", env=env).stdout)
     assert {r["name"] for r in listed} >= {"esrgan-x4", "esrgan-psnr-x4", "compact-x4", "compact-psnr-x4"}
     # With an empty cache only the bundled models are usable offline.
-    assert {r["name"] for r in listed if r["cached"]} == {"compact-x4", "compact-psnr-x4"}
-    assert [r["name"] for r in listed if r["default"]] == ["compact-x4"]
+    assert {r["name"] for r in listed if r["cached"]} == {"compact-real-x4", "compact-x4", "compact-psnr-x4"}
+    assert [r["name"] for r in listed if r["default"]] == ["compact-real-x4"]
     offline = esrgan("models", "download", "esrgan-x4", env=env)
     assert offline.returncode == 1 and "Traceback" not in offline.stderr and "esrgan-x4" in offline.stderr
     bundled = esrgan("models", "download", "compact-x4", env=env)

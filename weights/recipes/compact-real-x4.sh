@@ -10,7 +10,7 @@ set -euo pipefail
 SHARED=${ESRGAN_SHARED:-../shared}
 RUN=${RUN:-runs/compact-real}
 PSNR_ITERS=${PSNR_ITERS:-2000}
-GAN_ITERS=${GAN_ITERS:-500}
+GAN_ITERS=${GAN_ITERS:-400}
 # Distillation stage: half teacher, half HR. The teacher alone scores below bicubic in PSNR on the held-out set
 # (23.45 against 23.95 dB), so its behaviour is learned with the HR image keeping the student faithful.
 TEACHER_WEIGHT=${TEACHER_WEIGHT:-0.5}
@@ -35,19 +35,20 @@ done
 INIT=$RUN/init-compact-x4.safetensors
 [ -f "$INIT" ] || git -C "$HERE" show a94ad0d:weights/compact-x4.fp16.safetensors > "$INIT"
 
-stage() {  # stage NAME ARGS...: start the run, or resume it when its folder already holds one
-  local out=$RUN/$1; shift
-  if [ -f "$out/state.pt" ]; then esrgan train --out "$out" --resume; else esrgan train --out "$out" "$@"; fi
+stage() {  # stage psnr|gan ARGS...: start the run in $RUN/psnr|gan, or resume it when its folder holds one
+  local name=$1 out=$RUN/$1; shift
+  if [ -f "$out/state.pt" ]; then esrgan train --stage "$name" --out "$out" --resume
+  else esrgan train --stage "$name" --out "$out" "$@"; fi
 }
 
 # 1. Distillation, L1 to the half-teacher, half-HR target on the very same degraded patch (no GAN yet).
-stage psnr --stage psnr --degradation real --teacher "$TEACHER" --teacher-weight "$TEACHER_WEIGHT" \
+stage psnr --degradation real --teacher "$TEACHER" --teacher-weight "$TEACHER_WEIGHT" \
   --teacher-cache "$RUN/teacher-cache" --init "$INIT" --data "$RUN/data" --iters "$PSNR_ITERS" \
   --batch-size 8 --patch-size 96 --lr 2e-4 --warmup 100 --save-every 250 --val-every "$PSNR_ITERS" --seed 13
 
 # 2. Short GAN stage: perceptual (conv3_4, the deepest layer the offline VGG19 has) + U-Net GAN + L1, to the
 #    teacher's output, for texture the L1 average smooths away.
-stage gan --stage gan --degradation real --teacher "$TEACHER" --teacher-weight "$GAN_TEACHER_WEIGHT" \
+stage gan --degradation real --teacher "$TEACHER" --teacher-weight "$GAN_TEACHER_WEIGHT" \
   --teacher-cache "$RUN/teacher-cache-gan" --init "$RUN/psnr/model_${PSNR_ITERS}.safetensors" --data "$RUN/data" \
   --iters "$GAN_ITERS" --batch-size 8 --patch-size 96 --discriminator unet --perceptual-weights "$VGG" \
   --perceptual-layer conv3_4 --perceptual-weight 0.01 --save-every 100 --val-every "$GAN_ITERS" --seed 14
