@@ -167,7 +167,8 @@ class Upscaler:
 
     def _ensemble_block(self, image: np.ndarray, canvas: np.ndarray, block: StagedTile) -> None:
         """The block's core, averaged over the 8 transforms of its window (each an exact staged pass)."""
-        outer, core, s = grow_at_edges(block.trunk.window, *image.shape[:2], EDGE_PAD), block.trunk.core, self.scale
+        height, width = image.shape[:2]
+        outer, core, s = grow_at_edges(block.trunk.window, height, width, EDGE_PAD), block.trunk.core, self.scale
         window = take_reflected(image, outer)
         core_rel = core.relative_to(outer)
         total = np.zeros((core.height * s, core.width * s, self.channels), np.float32)

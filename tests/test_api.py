@@ -136,7 +136,8 @@ def test_tta_through_staged_blocks_equals_the_untiled_ensemble() -> None:
             y = padded_forward(up, np.ascontiguousarray(x))
             expected += np.rot90(y[:, ::-1] if flip else y, -turns)
     assert np.abs(whole - expected / 8).max() < 1e-5
-    assert psnr(whole, padded_forward(up, image)) < 60  # a random net is not equivariant: the ensemble changes the output
+    # A random net is not equivariant: the ensemble changes the output.
+    assert psnr(whole, padded_forward(up, image)) < 60
     tiled = np.zeros_like(whole)
     blocks = up.upscale_into(image, tiled, 16, 24, tta=True)
     assert blocks > 1 and np.abs(tiled - whole).max() < 1e-5

@@ -130,8 +130,8 @@ def test_bad_hf_spec(spec: str) -> None:
 
 
 def test_unknown_name_lists_known_models() -> None:
-    known = ("known models: compact-psnr-x4, compact-real-x4, compact-x4, esrgan-psnr-x4, esrgan-x4, realesrgan-x2plus, "
-             "realesrgan-x4plus, realesrgan-x4plus-anime-6b")
+    known = ("known models: compact-psnr-x4, compact-real-x4, compact-x4, esrgan-psnr-x4, esrgan-x4, "
+             "realesrgan-x2plus, realesrgan-x4plus, realesrgan-x4plus-anime-6b")
     with pytest.raises(ModelNotFoundError, match=known):
         resolve_model("no-such-model")
 

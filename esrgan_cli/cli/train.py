@@ -101,7 +101,7 @@ def train(ctx: click.Context, stage: Stage, data: Path | None, run_dir: Path, va
           perceptual_input: PerceptualInput,
           perceptual_weight: float, gan_weight: float, pixel_weight: float, degradation: str,
           degradation_config: Path | None, sharpen_gt: bool, discriminator: str, teacher: str | None,
-          teacher_weight: float, teacher_cache: Path | None, quiet: bool) -> None:
+          teacher_weight: float, teacher_cache: Path | None, levels_weight: float, quiet: bool) -> None:
     """Train RRDBNet the ESRGAN way: --stage psnr, then --stage gan from it.
 
     Every --save-every iterations the EMA model is written as RUN/model_<iter>.safetensors (usable by `esrgan
@@ -157,7 +157,7 @@ def train(ctx: click.Context, stage: Stage, data: Path | None, run_dir: Path, va
                 perceptual_input=perceptual_input, perceptual_weight=perceptual_weight, gan_weight=gan_weight,
                 pixel_weight=pixel_weight,
                 **real_world_fields(degradation, degradation_config, sharpen_gt, discriminator, teacher,
-                                    teacher_weight, teacher_cache),
+                                    teacher_weight, teacher_cache, levels_weight),
             )
         except ValueError as e:
             raise click.UsageError(str(e)) from None

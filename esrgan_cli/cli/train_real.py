@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 DEGRADATION_CHOICES = ("bicubic", "real")
 DISCRIMINATOR_CHOICES = ("vgg", "unet")
 # Options that change what a run computes: a resumed run must not be given them differently.
-FIXED_ON_RESUME = ("degradation", "sharpen_gt", "discriminator", "teacher", "teacher_weight")
+FIXED_ON_RESUME = ("degradation", "sharpen_gt", "discriminator", "teacher", "teacher_weight", "levels_weight")
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -46,6 +46,9 @@ def real_world_options(command: _F) -> _F:
         click.option("--teacher-cache", type=click.Path(path_type=Path, file_okay=False), default=None, metavar="DIR",
                      help="Keep the teacher's outputs here: a resumed or repeated run with the same teacher, "
                           "degradation, seed and data reads them instead of recomputing them."),
+        click.option("--levels-weight", type=click.FloatRange(min=0), default=0.0, show_default=True,
+                     help="PSNR stage: weight of an L1 term that keeps flat black, white and gray patches at their "
+                          "level (real-world training tends to lift black by a few levels)."),
     ]
     for option in reversed(options):
         command = option(command)
@@ -53,7 +56,8 @@ def real_world_options(command: _F) -> _F:
 
 
 def real_world_fields(degradation: str, degradation_config: Path | None, sharpen_gt: bool, discriminator: str,
-                      teacher: str | None, teacher_weight: float, teacher_cache: Path | None) -> dict[str, Any]:
+                      teacher: str | None, teacher_weight: float, teacher_cache: Path | None,
+                      levels_weight: float = 0.0) -> dict[str, Any]:
     """The TrainConfig fields the options give, the --degradation-config file read and checked."""
     settings = None
     if degradation_config is not None:
@@ -62,7 +66,7 @@ def real_world_fields(degradation: str, degradation_config: Path | None, sharpen
         settings = read_settings(degradation_config)
     return dict(degradation=degradation, degradation_config=settings, sharpen_gt=sharpen_gt,
                 discriminator=discriminator, teacher=teacher, teacher_weight=teacher_weight,
-                teacher_cache=str(teacher_cache) if teacher_cache else None)
+                teacher_cache=str(teacher_cache) if teacher_cache else None, levels_weight=levels_weight)
 
 
 def read_settings(path: Path) -> DegradationConfig:

@@ -198,10 +198,17 @@ class Trainer:
         target = make_target(lr_img, hr_img, sharpen=c.sharpen_gt, teacher=self.teacher, weight=c.teacher_weight,
                              first=first)
         if self.gan is None:
+            flats = flat_patches(self.iteration, lr_img) if c.levels_weight else lr_img[:0]
             with self._autocast():
-                loss = F.l1_loss(self.g_train(lr_img).float(), target)
+                # One forward pass for both, as DistributedDataParallel expects one per backward.
+                out = self.g_train(torch.cat([lr_img, flats])).float()
+                l_pix = F.l1_loss(out[: len(lr_img)], target)
+                l_levels = levels_error(out[len(lr_img):], flats) if c.levels_weight else l_pix.new_zeros(())
+                loss = l_pix + c.levels_weight * l_levels
             self._update(self.g_opt, loss)
-            terms = {"loss": loss.detach(), "l1": loss.detach()}
+            terms = {"loss": loss.detach(), "l1": l_pix.detach()}
+            if c.levels_weight:
+                terms["levels"] = l_levels.detach()
         else:
             terms = self._gan_step(self.gan, lr_img, hr_img, target)
         self.scaler.update()
@@ -330,6 +337,23 @@ class Trainer:
     def _emit(self, report: Report) -> None:
         if self._report is not None:
             self._report(report)
+
+
+def flat_patches(iteration: int, like: torch.Tensor) -> torch.Tensor:
+    """Flat black, white and gray LR patches shaped like `like`'s: the levels term's inputs. Real-world training
+    never shows a model noise-free flat black (its noise is clipped at 0), and it learns to lift it by a few levels.
+    The gray is a pure function of the iteration (golden-ratio steps), so a resumed run repeats it."""
+    gray = (iteration * 0.6180339887498949) % 1.0
+    levels = torch.tensor([0.0, 1.0, gray], device=like.device, dtype=like.dtype)
+    return levels.view(3, 1, 1, 1).expand(3, *like.shape[1:]).contiguous()
+
+
+def levels_error(out: torch.Tensor, flats: torch.Tensor) -> torch.Tensor:
+    """L1 between the centre of each flat patch's output and its level. The border is left out: there the model's
+    zero padding shapes the output, which the engine's reflected edge padding keeps away from images."""
+    h, w = out.shape[-2:]
+    centre = out[..., h // 4: h - h // 4, w // 4: w - w // 4]
+    return (centre - flats[:, :1, :1, :1]).abs().mean()
 
 
 def _bce(logits: torch.Tensor, target: float) -> torch.Tensor:
