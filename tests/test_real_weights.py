@@ -13,7 +13,7 @@ from PIL import Image
 from safetensors.torch import load_file
 from torch.nn import functional as F
 
-from esrgan_cli.defaults import DEFAULT_OVERLAP
+from esrgan_cli.defaults import DEFAULT_OVERLAP, EDGE_PAD
 from esrgan_cli.engine import Upscaler, choose_placement
 from esrgan_cli.imageio import read_image
 from esrgan_cli.weights import load_weights
@@ -64,9 +64,12 @@ def test_untiled_output_equals_an_independent_reference(shared: Path, x4plus: Up
     src = lr_image(shared, "butterfly")
     raw = np.asarray(Image.open(src).convert("RGB"), np.float32) / 255
     sd = {k: v.float() for k, v in load_file(str(shared / X4PLUS)).items()}
+    # The engine's edge handling, as documented: EDGE_PAD reflected pixels past every edge, cropped off after.
+    padded = np.pad(raw, ((EDGE_PAD, EDGE_PAD), (EDGE_PAD, EDGE_PAD), (0, 0)), mode="reflect")
     with torch.inference_mode():
-        ref = reference_rrdbnet(sd, torch.from_numpy(raw.transpose(2, 0, 1).copy())[None])
-    ref = ref.clamp(0, 1)[0].permute(1, 2, 0).numpy()
+        ref = reference_rrdbnet(sd, torch.from_numpy(padded.transpose(2, 0, 1).copy())[None])
+    e = 4 * EDGE_PAD
+    ref = ref.clamp(0, 1)[0].permute(1, 2, 0).numpy()[e:-e, e:-e]
     ours, calls = run_upscaler(x4plus, read_image(src).rgb, 0, 0, np.float32)
     assert calls == 1
     measured = psnr(ours, ref)

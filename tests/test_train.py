@@ -21,6 +21,8 @@ from torch.utils.data import DataLoader
 
 from esrgan_cli.arch import INIT_SCHEMES, RRDBConfig
 from esrgan_cli.cli import train as cli_train
+from esrgan_cli.engine import Placement, Upscaler
+from esrgan_cli.evaluate import pair_images, score_pairs, summarize, with_upscaler
 from esrgan_cli.resize import imresize
 from esrgan_cli.training.build import build_trainer
 from esrgan_cli.training.config import PerceptualInput, Precision, Stage, TrainConfig, WeightInit
@@ -28,7 +30,7 @@ from esrgan_cli.training.data import ImageSet, IterationSampler, PatchPairs, aug
 from esrgan_cli.training.perceptual import LAYERS, VGGLayer
 from esrgan_cli.training.runtime import TrainError
 from esrgan_cli.training.state import read_state
-from esrgan_cli.weights import load_weights
+from esrgan_cli.weights import LoadedWeights, load_weights
 
 from conftest import ROOT, WAIT_S, default_sigint, random_image, wait_until
 
@@ -140,12 +142,17 @@ def test_psnr_stage_learns_and_writes_its_files(tmp_path: Path, images: Path) ->
     # these random images allow; the BSD200 test below covers it).
     config = replace(_config(images, iters=60, lr=2e-3, val=str(val), val_every=30, save_every=30), weight_init="paper")
     trainer = build_trainer(config, run, torch.device("cpu"), report=reports.append)
+    start = LoadedWeights(trainer.ema.state_dict(), config.model, {}, Path("<start>"), torch.float32)
+    upscale = with_upscaler(Upscaler(start, Placement(torch.device("cpu"), torch.float32, "")))
+    untrained = summarize(list(score_pairs(pair_images(val, None, 4), upscale, 4))).psnr
     assert trainer.run()
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     losses = [e["loss"] for e in log if "loss" in e]
     vals = [e for e in log if "val_psnr" in e]
     assert len(losses) == 12 and np.mean(losses[-3:]) < 0.75 * np.mean(losses[:3])
-    assert [v["iter"] for v in vals] == [30, 60] and vals[1]["val_psnr"] > vals[0]["val_psnr"]
+    # Far above the random start. (Not "rising from 30 to 60": this tiny net, trained on 8-pixel LR patches that
+    # are all zero-padded border, is judged on whole images with reflected edges, and wanders by tenths of a dB.)
+    assert [v["iter"] for v in vals] == [30, 60] and min(v["val_psnr"] for v in vals) > untrained + 3
     assert {"iter", "loss", "l1", "lr"} <= set(log[0])
     meta_path = run / "model_60.safetensors"
     from safetensors import safe_open

@@ -198,13 +198,16 @@ class Trainer:
         target = make_target(lr_img, hr_img, sharpen=c.sharpen_gt, teacher=self.teacher, weight=c.teacher_weight,
                              first=first)
         if self.gan is None:
-            flats = flat_patches(self.iteration, lr_img) if c.levels_weight else lr_img[:0]
             with self._autocast():
-                # One forward pass for both, as DistributedDataParallel expects one per backward.
-                out = self.g_train(torch.cat([lr_img, flats])).float()
-                l_pix = F.l1_loss(out[: len(lr_img)], target)
-                l_levels = levels_error(out[len(lr_img):], flats) if c.levels_weight else l_pix.new_zeros(())
-                loss = l_pix + c.levels_weight * l_levels
+                if c.levels_weight:
+                    # One forward pass for both, as DistributedDataParallel expects one per backward.
+                    flats = flat_patches(self.iteration, lr_img)
+                    out = self.g_train(torch.cat([lr_img, flats])).float()
+                    l_pix = F.l1_loss(out[: len(lr_img)], target)
+                    l_levels = levels_error(out[len(lr_img):], flats)
+                    loss = l_pix + c.levels_weight * l_levels
+                else:
+                    loss = l_pix = F.l1_loss(self.g_train(lr_img).float(), target)
             self._update(self.g_opt, loss)
             terms = {"loss": loss.detach(), "l1": l_pix.detach()}
             if c.levels_weight:
