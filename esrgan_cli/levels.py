@@ -44,9 +44,10 @@ def measure_levels(weights: LoadedWeights) -> Levels:
     return Levels(black=tuple(values[0].tolist()), white=tuple(values[1].tolist()))
 
 
-def true_levels(weights: LoadedWeights) -> LoadedWeights:
-    """`weights` with a gain and offset folded into `conv_last` so flat black and white come out as themselves."""
-    levels = measure_levels(weights)
+def true_levels(weights: LoadedWeights, levels: Levels | None = None) -> LoadedWeights:
+    """`weights` with a gain and offset folded into `conv_last` so flat black and white come out as themselves;
+    `levels` is `measure_levels(weights)`, measured here when not given."""
+    levels = levels or measure_levels(weights)
     black = torch.tensor(levels.black, dtype=torch.float64)
     span = torch.tensor(levels.white, dtype=torch.float64) - black
     if bool((span < _MIN_CONTRAST).any()):

@@ -178,7 +178,7 @@ def upscale_file(
     """A decoded file → what to write as `fmt`: every frame when it has several and `fmt` holds them
     (`on_frame(number, count)` before each), else its one image."""
     frames = image.frames
-    if frames is None or options.first_frame or fmt not in MULTI_FRAME_FORMATS:
+    if frames is None or not reads_all_frames(fmt, options):
         result = upscale_image(image, upscaler, fmt, options, progress)
         if image.frame_count > 1 and not options.first_frame and fmt not in MULTI_FRAME_FORMATS:
             result.notes.append(f"{fmt} holds one image: only the first of its {image.frame_count} frames was "

@@ -72,11 +72,11 @@ def reflect_indices(start: int, stop: int, size: int) -> np.ndarray:
 
 
 def take_reflected(image: np.ndarray, r: Region) -> np.ndarray:
-    """The pixels of `r`, which may reach past the image's edges, as one contiguous array; the part outside is the
-    whole image's reflection, so every tile of an image sees the same padding."""
+    """The pixels of `r`, which may reach past the image's edges; the part outside is the whole image's reflection,
+    so every tile of an image sees the same padding. Inside the image this is a view: callers copy as they need."""
     height, width = image.shape[:2]
     if r.top >= 0 and r.left >= 0 and r.bottom <= height and r.right <= width:
-        return np.ascontiguousarray(image[r.slices()])
+        return image[r.slices()]
     return image[reflect_indices(r.top, r.bottom, height)[:, None], reflect_indices(r.left, r.right, width)[None, :]]
 
 

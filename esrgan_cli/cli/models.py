@@ -156,7 +156,7 @@ def convert(model: str, output_path: Path, dtype: str, true_levels: bool) -> Non
         from esrgan_cli.levels import true_levels as fold_levels
 
         before = measure_levels(weights)
-        weights = fold_levels(weights)
+        weights = fold_levels(weights, before)
         meta["esrgan.levels"] = f"black {_levels(before.black)}, white {_levels(before.white)} folded to 0 and 1"
         say(f"levels: black came out as {_levels(before.black)}, white as {_levels(before.white)} (of 255); "
             "folded into conv_last")
