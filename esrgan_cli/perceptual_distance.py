@@ -35,6 +35,7 @@ from esrgan_cli.training.perceptual import (
 # block 3 (conv1_1..conv3_4), so the default stops there for every weights file, keeping results comparable
 # between a full and a partial file of the same weights.
 DEFAULT_LAYERS: tuple[VGGLayer, ...] = ("conv1_2", "conv2_2", "conv3_4")
+LPIPS_LAYERS: tuple[VGGLayer, ...] = ("conv1_2", "conv2_2", "conv3_4", "conv4_4", "conv5_4")
 InputConvention = Literal["auto", "imagenet-rgb", "caffe-bgr"]  # auto: what the weights file declares
 EPS = 1e-10  # as the reference implementation: added to the norm, so an all-zero feature vector stays zero
 
@@ -63,6 +64,49 @@ class DistanceConfig:
         return self.layers[-1]
 
 
+class UnitFeatures:
+    """A VGG19's features at `layers` (after their ReLU), each position's vector scaled to unit length: what the
+    eval's distance and the trainer's distance loss (`--perceptual-loss distance`) both compare. Differentiable."""
+
+    def __init__(self, net: VGGFeatures, layers: tuple[VGGLayer, ...]) -> None:
+        if LAYERS[net.config.layer] < max(LAYERS[name] for name in layers):
+            raise ValueError(f"the network ends at {net.config.layer}; {layers[-1]} is deeper")
+        self.net = net
+        # The network's own forward applies its input convention (imagenet-rgb or caffe-bgr), so features are read
+        # from it by hooks on the ReLUs rather than by re-running its layers here with a copy of that logic.
+        self._taken: list[torch.Tensor] = []
+        last = LAYERS[net.config.layer]
+        for name in layers:
+            if LAYERS[name] < last:  # the network's last conv has no ReLU after it: see __call__
+                net.features[LAYERS[name] + 1].register_forward_hook(self._take)
+        self._last_is_layer = net.config.layer in layers
+
+    def _take(self, module: Any, inputs: Any, output: torch.Tensor) -> None:
+        # No copy needed: the only in-place layers are the ReLUs, and they work on conv outputs, never on these.
+        self._taken.append(output)
+
+    def __call__(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """N×3×H×W RGB in 0..1 → one N×C×h×w tensor per layer, unit length over C at every position."""
+        self._taken = []
+        out = self.net(x)
+        feats = self._taken + ([F.relu(out)] if self._last_is_layer else [])
+        self._taken = []
+        # Where a position's features are all 0, √(Σf²)'s gradient is not finite, but the ReLU before it passes none.
+        return [f / (f.pow(2).sum(dim=1, keepdim=True).sqrt() + EPS) for f in feats]
+
+
+def unit_distance(a: list[torch.Tensor], b: list[torch.Tensor]) -> torch.Tensor:
+    """The distance of two images' unit features: per layer, the squared difference summed over channels and
+    averaged over positions (and over the batch), summed over layers."""
+    return sum((fa - fb).pow(2).sum(dim=1).mean() for fa, fb in zip(a, b, strict=True))  # type: ignore[return-value]
+
+
+def distance_layers(deepest: VGGLayer) -> tuple[VGGLayer, ...]:
+    """LPIPS's layers (the last of each VGG block) up to `deepest`, and `deepest` itself."""
+    chosen = [name for name in LPIPS_LAYERS if LAYERS[name] <= LAYERS[deepest]]
+    return tuple(chosen if deepest in chosen else [*chosen, deepest])
+
+
 class PerceptualDistance:
     """d(a, b) for two same-size RGB images (H×W×3, uint8 or float in [0, 1]); deterministic on the CPU."""
 
@@ -73,36 +117,15 @@ class PerceptualDistance:
         self.net = net
         self.source = source
         self._device = next(net.parameters()).device
-        # The network's own forward applies its input convention (imagenet-rgb or caffe-bgr), so features are read
-        # from it by hooks on the ReLUs rather than by re-running its layers here with a copy of that logic.
-        self._taken: list[torch.Tensor] = []
-        last = LAYERS[net.config.layer]
-        for name in self.config.layers:
-            if LAYERS[name] < last:  # the network's last conv has no ReLU after it: see _features
-                net.features[LAYERS[name] + 1].register_forward_hook(self._take)
-        self._last_is_layer = net.config.layer == self.config.deepest
-
-    def _take(self, module: torch.nn.Module, inputs: Any, output: torch.Tensor) -> None:
-        # No copy needed: the only in-place layers are the ReLUs, and they work on conv outputs, never on these.
-        self._taken.append(output)
-
-    def _features(self, rgb: np.ndarray) -> list[torch.Tensor]:
-        """The unit-normalised features of one image at each layer, 1×C×h×w."""
-        self._taken = []
-        out = self.net(_as_tensor(rgb).to(self._device))
-        feats = self._taken + ([F.relu(out)] if self._last_is_layer else [])
-        self._taken = []
-        return [f / (f.pow(2).sum(dim=1, keepdim=True).sqrt() + EPS) for f in feats]
+        self._features = UnitFeatures(net, self.config.layers)
 
     def __call__(self, a: np.ndarray, b: np.ndarray) -> float:
         if np.shape(a) != np.shape(b):
             raise ValueError(f"images differ in size: {np.shape(a)} and {np.shape(b)}")
-        total = 0.0
         # One image at a time, so that equal images give bit-equal features (0 exactly) and d(a, b) = d(b, a).
         with torch.inference_mode():
-            for fa, fb in zip(self._features(a), self._features(b), strict=True):
-                total += float((fa - fb).pow(2).sum(dim=1).mean())
-        return total
+            return float(unit_distance(self._features(_as_tensor(a).to(self._device)),
+                                       self._features(_as_tensor(b).to(self._device))))
 
     def describe(self) -> dict[str, object]:
         """What the figures were computed with, for reports."""

@@ -15,7 +15,14 @@ from safetensors.torch import save_file
 from torch.nn import functional as F
 
 from esrgan_cli.errors import ModelNotFoundError, WeightsError
-from esrgan_cli.perceptual_distance import DistanceConfig, PerceptualDistance, load_distance
+from esrgan_cli.perceptual_distance import (
+    DistanceConfig,
+    PerceptualDistance,
+    UnitFeatures,
+    distance_layers,
+    load_distance,
+    unit_distance,
+)
 from esrgan_cli.training.perceptual import PerceptualConfig, VGGFeatures
 
 from conftest import random_image
@@ -153,3 +160,31 @@ def test_unavailable_weights_are_a_model_not_found_error(tmp_path: Path, monkeyp
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
     with pytest.raises(ModelNotFoundError, match="timm/vgg19.tv_in1k"):
         load_distance("hub")
+
+
+def test_the_training_loss_is_the_distance_batched_and_differentiable(vgg_file: Path) -> None:
+    """--perceptual-loss distance: on a batch, the mean of the per-image distances; its gradient is finite, also
+    for a flat black image (positions whose features are all zero)."""
+    net = VGGFeatures(PerceptualConfig("conv3_4"))
+    net.load_state_dict(load_state(vgg_file))
+    features = UnitFeatures(net, distance_layers("conv3_4"))
+    pairs = [(uint8_image(32, 40, seed=10 + i), uint8_image(32, 40, seed=20 + i)) for i in range(3)]
+    batch_a = torch.stack([torch.from_numpy(a).permute(2, 0, 1).float() / 255 for a, _ in pairs])
+    batch_b = torch.stack([torch.from_numpy(b).permute(2, 0, 1).float() / 255 for _, b in pairs])
+    expected = np.mean([reference_distance(load_state(vgg_file), a, b, "imagenet-rgb") for a, b in pairs])
+    assert float(unit_distance(features(batch_a), features(batch_b))) == pytest.approx(expected, rel=1e-4)
+
+    sr = batch_a.clone().requires_grad_(True)
+    unit_distance(features(sr), features(batch_b)).backward()
+    assert sr.grad is not None and bool(torch.isfinite(sr.grad).all()) and float(sr.grad.abs().sum()) > 0
+    with torch.no_grad():
+        net.features[2].bias.fill_(-1e3)  # relu1_2 all zero: the normalisation divides zero vectors
+    black = torch.zeros(1, 3, 32, 40, requires_grad=True)
+    unit_distance(features(black), features(batch_b[:1])).backward()
+    assert black.grad is not None and bool(torch.isfinite(black.grad).all())
+
+
+def test_distance_layers_are_lpips_layers_up_to_the_deepest() -> None:
+    assert distance_layers("conv3_4") == ("conv1_2", "conv2_2", "conv3_4") == DistanceConfig().layers
+    assert distance_layers("conv5_4") == ("conv1_2", "conv2_2", "conv3_4", "conv4_4", "conv5_4")
+    assert distance_layers("conv2_1") == ("conv1_2", "conv2_1")

@@ -25,7 +25,7 @@ from esrgan_cli.engine import Placement, Upscaler
 from esrgan_cli.evaluate import pair_images, score_pairs, summarize, with_upscaler
 from esrgan_cli.resize import imresize
 from esrgan_cli.training.build import build_trainer
-from esrgan_cli.training.config import PerceptualInput, Precision, Stage, TrainConfig, WeightInit
+from esrgan_cli.training.config import PerceptualInput, PerceptualLoss, Precision, Stage, TrainConfig, WeightInit
 from esrgan_cli.training.data import ImageSet, IterationSampler, PatchPairs, augment
 from esrgan_cli.training.perceptual import LAYERS, VGGLayer
 from esrgan_cli.training.runtime import TrainError
@@ -203,6 +203,29 @@ def test_gan_stage_from_a_psnr_model(tmp_path: Path, images: Path) -> None:
     assert not _same(init, tmp_path / "gan" / "model_6.safetensors")
 
 
+def test_a_perceptual_stage_without_a_discriminator_learns_and_resumes_bit_for_bit(tmp_path: Path,
+                                                                                    images: Path) -> None:
+    """--gan-weight 0 --perceptual-loss distance: no discriminator is built or saved, the distance to the target
+    falls, and an interrupted run resumes to the very same weights."""
+    build_trainer(_config(images, iters=4, save_every=4), tmp_path / "psnr", torch.device("cpu")).run()
+    per = _config(images, stage="gan", iters=30, lr=2e-3, init=str(tmp_path / "psnr" / "model_4.safetensors"),
+                  perceptual_weights="random", perceptual_layer="conv2_2", perceptual_loss="distance",
+                  gan_weight=0.0, pixel_weight=0.0, save_every=30, log_every=10)
+    straight = build_trainer(per, tmp_path / "a", torch.device("cpu"))
+    assert straight.discriminator is None
+    assert straight.run()
+    log = [json.loads(line) for line in (tmp_path / "a" / "log.jsonl").read_text().splitlines()]
+    assert set(log[-1]) == {"iter", "loss", "l1", "perceptual", "lr"}
+    assert log[-1]["perceptual"] < 0.9 * log[0]["perceptual"]
+    assert "discriminator" not in torch.load(tmp_path / "a" / "state.pt", weights_only=True)
+
+    first = build_trainer(per, tmp_path / "b", torch.device("cpu"))
+    assert first.run(should_stop=lambda: first.iteration >= 13) is False
+    second = build_trainer(per, tmp_path / "b", torch.device("cpu"), resume=True)
+    assert second.iteration == 13 and second.run()
+    assert _same(tmp_path / "a" / "model_30.safetensors", tmp_path / "b" / "model_30.safetensors")
+
+
 def test_a_psnr_stage_can_fine_tune_a_model_given_with_init(tmp_path: Path, images: Path) -> None:
     build_trainer(_config(images, iters=4, save_every=4), tmp_path / "first", torch.device("cpu")).run()
     init = tmp_path / "first" / "model_4.safetensors"
@@ -283,6 +306,7 @@ def test_the_command_lines_choices_are_the_configs_literal_types() -> None:
     assert cli_train.PRECISION_CHOICES == get_args(Precision)
     assert cli_train.WEIGHT_INIT_CHOICES == get_args(WeightInit) and set(get_args(WeightInit)) == set(INIT_SCHEMES)
     assert cli_train.PERCEPTUAL_INPUT_CHOICES == get_args(PerceptualInput)
+    assert cli_train.PERCEPTUAL_LOSS_CHOICES == get_args(PerceptualLoss)
     assert cli_train.VGG_LAYER_CHOICES == get_args(VGGLayer) == tuple(LAYERS)
     with pytest.raises(ValueError, match="unknown VGG19 layer"):
         _config(Path("."), perceptual_layer="conv6_1")

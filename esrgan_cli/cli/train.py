@@ -15,7 +15,7 @@ from esrgan_cli.errors import EsrganError
 
 if TYPE_CHECKING:  # the modules themselves are imported when a command runs, so that --help stays fast
     from esrgan_cli.arch import RRDBConfig
-    from esrgan_cli.training.config import PerceptualInput, Precision, Stage, TrainConfig, WeightInit
+    from esrgan_cli.training.config import PerceptualInput, PerceptualLoss, Precision, Stage, TrainConfig, WeightInit
     from esrgan_cli.training.perceptual import VGGLayer
     from esrgan_cli.training.runtime import Report
 
@@ -25,6 +25,7 @@ STAGE_CHOICES = ("psnr", "gan")
 PRECISION_CHOICES = ("fp32", "bf16", "fp16")
 WEIGHT_INIT_CHOICES = ("interp", "paper")
 PERCEPTUAL_INPUT_CHOICES = ("auto", "imagenet-rgb", "caffe-bgr")
+PERCEPTUAL_LOSS_CHOICES = ("l1", "distance")
 VGG_LAYER_CHOICES = tuple(f"conv{b}_{i}" for b, n in ((1, 2), (2, 2), (3, 4), (4, 4), (5, 4)) for i in range(1, n + 1))
 
 
@@ -86,8 +87,11 @@ def _milestones(ctx: click.Context, param: click.Parameter, value: str | None) -
 @click.option("--perceptual-weight", type=click.FloatRange(min=0), default=1.0, show_default=True,
               help="GAN stage: weight of the perceptual term. The paper's 1 is for imagenet-rgb weights; "
                    "caffe-bgr inputs are about 58x larger (0..255 without the std), and their features with them.")
+@click.option("--perceptual-loss", type=click.Choice(PERCEPTUAL_LOSS_CHOICES), default="l1", show_default=True,
+              help="GAN stage: l1 compares --perceptual-layer's features (ESRGAN); distance is `esrgan eval`'s "
+                   "perceptual distance (unit-normalised features at LPIPS's layers up to --perceptual-layer).")
 @click.option("--gan-weight", type=click.FloatRange(min=0), default=5e-3, show_default=True,
-              help="GAN stage: weight of the relativistic GAN term.")
+              help="GAN stage: weight of the relativistic GAN term; 0 trains without a discriminator.")
 @click.option("--pixel-weight", type=click.FloatRange(min=0), default=1e-2, show_default=True,
               help="GAN stage: weight of the L1 term.")
 @real_world_options
@@ -98,7 +102,7 @@ def train(ctx: click.Context, stage: Stage, data: Path | None, run_dir: Path, va
           milestones: tuple[int, ...] | None, warmup: int | None, val_every: int | None, save_every: int | None,
           log_every: int, resume: bool, device: str, precision: Precision, seed: int, workers: int | None,
           weight_init: WeightInit, init_path: Path | None, perceptual_weights: str, perceptual_layer: VGGLayer,
-          perceptual_input: PerceptualInput,
+          perceptual_input: PerceptualInput, perceptual_loss: PerceptualLoss,
           perceptual_weight: float, gan_weight: float, pixel_weight: float, degradation: str,
           degradation_config: Path | None, sharpen_gt: bool, discriminator: str, teacher: str | None,
           teacher_weight: float, teacher_cache: Path | None, levels_weight: float, quiet: bool) -> None:
@@ -113,6 +117,8 @@ def train(ctx: click.Context, stage: Stage, data: Path | None, run_dir: Path, va
       esrgan train --stage psnr --data photos/ --val val/ --out runs/psnr --iters 100000
       esrgan train --stage psnr --out runs/psnr --resume
       esrgan train --stage gan --data photos/ --init runs/psnr/model_100000.safetensors --out runs/gan
+      esrgan train --stage gan --data photos/ --init model.safetensors --out runs/per --gan-weight 0 \\
+        --perceptual-loss distance --perceptual-layer conv3_4
       esrgan train --stage psnr --data photos/ --out runs/real --degradation real --teacher x4plus.safetensors
       torchrun --nproc_per_node 4 -m esrgan_cli train --stage psnr --data photos/ --out runs/psnr
     """
@@ -155,7 +161,7 @@ def train(ctx: click.Context, stage: Stage, data: Path | None, run_dir: Path, va
                 init=str(init_path) if init_path else None,
                 perceptual_weights=perceptual_weights, perceptual_layer=perceptual_layer,
                 perceptual_input=perceptual_input, perceptual_weight=perceptual_weight, gan_weight=gan_weight,
-                pixel_weight=pixel_weight,
+                pixel_weight=pixel_weight, perceptual_loss=perceptual_loss,
                 **real_world_fields(degradation, degradation_config, sharpen_gt, discriminator, teacher,
                                     teacher_weight, teacher_cache, levels_weight),
             )
@@ -195,7 +201,8 @@ def _resumed_config(ctx: click.Context, stored: TrainConfig, stage: str, iters: 
     if stage != stored.stage:
         raise click.UsageError(f"the run in --out is a {stored.stage} run, not {stage}")
     for option in ("data", "batch_size", "patch_size", "lr", "seed", "precision", "milestones", "warmup",
-                   "weight_init", "perceptual_weight", "gan_weight", "pixel_weight", *FIXED_ON_RESUME):
+                   "weight_init", "perceptual_weight", "perceptual_loss", "gan_weight", "pixel_weight",
+                   *FIXED_ON_RESUME):
         source = ctx.get_parameter_source(option)
         given = ctx.params[option]
         if source == click.core.ParameterSource.COMMANDLINE and given is not None:

@@ -11,6 +11,7 @@ import torch
 
 from esrgan_cli.arch import INIT_SCHEMES, RRDBNet
 from esrgan_cli.evaluate import pair_images
+from esrgan_cli.perceptual_distance import UnitFeatures, distance_layers
 from esrgan_cli.training.config import TrainConfig
 from esrgan_cli.training.data import ImageSet
 from esrgan_cli.training.discriminator import UNetDiscriminator, VGGDiscriminator
@@ -60,12 +61,17 @@ def build_trainer(config: TrainConfig, run_dir: Path, device: torch.device, *, r
     gan = None
     if c.stage == "gan":
         vgg = _perceptual_net(c, warn).to(device)
-        discriminator: torch.nn.Module
-        if c.discriminator == "unet":
-            discriminator = UNetDiscriminator(c.disc_features).to(device)
+        distance = UnitFeatures(vgg, distance_layers(c.perceptual_layer)) if c.perceptual_loss == "distance" else None
+        discriminator: torch.nn.Module | None = None
+        if c.gan_weight == 0:  # a perceptual stage: no adversary to build, train or save
+            gan = GanParts(None, None, vgg, distance)
         else:
-            discriminator = VGGDiscriminator(c.patch_size, c.disc_features).to(device)
-        gan = GanParts(discriminator, torch.optim.Adam(discriminator.parameters(), lr=c.lr, betas=c.betas), vgg)
+            if c.discriminator == "unet":
+                discriminator = UNetDiscriminator(c.disc_features).to(device)
+            else:
+                discriminator = VGGDiscriminator(c.patch_size, c.disc_features).to(device)
+            d_opt = torch.optim.Adam(discriminator.parameters(), lr=c.lr, betas=c.betas)
+            gan = GanParts(discriminator, d_opt, vgg, distance)
     scaler = torch.amp.GradScaler("cuda", enabled=c.precision == "fp16")
 
     trainer = Trainer(c, run_dir, device, Networks(generator, ema, g_opt, scaler, gan, teacher),

@@ -16,6 +16,9 @@ WeightInit = Literal["interp", "paper"]  # the names of arch.INIT_SCHEMES
 PerceptualInput = Literal["auto", "imagenet-rgb", "caffe-bgr"]  # auto: what the weights file declares
 Degradation = Literal["bicubic", "real"]  # real: Real-ESRGAN's high-order model (degradation.py)
 Discriminator = Literal["vgg", "unet"]
+# l1: ESRGAN's L1 of one layer's features before ReLU; distance: the eval's perceptual distance (unit-normalised
+# features after ReLU at LPIPS's layers up to --perceptual-layer).
+PerceptualLoss = Literal["l1", "distance"]
 
 STAGES: tuple[Stage, ...] = get_args(Stage)
 PRECISIONS: tuple[Precision, ...] = get_args(Precision)
@@ -23,6 +26,7 @@ WEIGHT_INITS: tuple[WeightInit, ...] = get_args(WeightInit)
 PERCEPTUAL_INPUTS: tuple[PerceptualInput, ...] = get_args(PerceptualInput)
 DEGRADATIONS: tuple[Degradation, ...] = get_args(Degradation)
 DISCRIMINATORS: tuple[Discriminator, ...] = get_args(Discriminator)
+PERCEPTUAL_LOSSES: tuple[PerceptualLoss, ...] = get_args(PerceptualLoss)
 # The U-Net discriminator halves the patch three times; the VGG one five times.
 DISCRIMINATOR_MULTIPLE = {"vgg": 32, "unet": 8}
 
@@ -68,6 +72,7 @@ class TrainConfig:
     perceptual_input: PerceptualInput = "auto"
     pixel_weight: float = 1e-2
     perceptual_weight: float = 1.0
+    perceptual_loss: PerceptualLoss = "l1"
     gan_weight: float = 5e-3
     disc_features: int = 64
     discriminator: Discriminator = "vgg"
@@ -92,6 +97,9 @@ class TrainConfig:
         if self.perceptual_input not in PERCEPTUAL_INPUTS:
             raise ValueError(f"perceptual_input must be one of {', '.join(PERCEPTUAL_INPUTS)}, "
                              f"got {self.perceptual_input!r}")
+        if self.perceptual_loss not in PERCEPTUAL_LOSSES:
+            raise ValueError(f"perceptual_loss must be one of {', '.join(PERCEPTUAL_LOSSES)}, "
+                             f"got {self.perceptual_loss!r}")
         if self.perceptual_layer not in LAYERS:
             raise ValueError(f"unknown VGG19 layer {self.perceptual_layer!r} (use one of {', '.join(LAYERS)})")
         for name in ("iters", "batch_size", "patch_size", "val_every", "save_every", "log_every"):

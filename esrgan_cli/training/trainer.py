@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 from esrgan_cli.arch import RRDBNet
 from esrgan_cli.engine import Placement, Upscaler
 from esrgan_cli.evaluate import EvalPair, score_pairs, summarize, with_upscaler
+from esrgan_cli.perceptual_distance import UnitFeatures, unit_distance
 from esrgan_cli.training.config import TrainConfig
 from esrgan_cli.training.data import ImageSet, IterationSampler, PatchPairs, RealPatches
 from esrgan_cli.training.degradation import DegradationConfig, degrade, draw_batch
@@ -38,12 +39,13 @@ _Sample = TypeVar("_Sample")
 
 @dataclass
 class GanParts:
-    """What the GAN stage adds: the discriminator (VGG or U-Net), its optimizer, and the perceptual loss's feature
-    network."""
+    """What the GAN stage adds: the discriminator (VGG or U-Net) and its optimizer, none with --gan-weight 0, and the
+    perceptual loss's feature network, read through `distance` with --perceptual-loss distance."""
 
-    discriminator: nn.Module
-    d_opt: torch.optim.Optimizer
+    discriminator: nn.Module | None
+    d_opt: torch.optim.Optimizer | None
     vgg: VGGFeatures
+    distance: UnitFeatures | None = None
 
 
 @dataclass
@@ -118,7 +120,7 @@ class Trainer:
         self.g_opt.load_state_dict(state["g_opt"])
         self.scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["torch_rng"])
-        if self.gan is not None:
+        if self.gan is not None and self.gan.discriminator is not None and self.gan.d_opt is not None:
             if "discriminator" not in state or "d_opt" not in state:
                 raise TrainError(f"{self.run_dir / STATE_FILE}: not the state of a GAN-stage run")
             self.gan.discriminator.load_state_dict(state["discriminator"])
@@ -130,7 +132,7 @@ class Trainer:
             ema=self.ema.state_dict(), g_opt=self.g_opt.state_dict(), scaler=self.scaler.state_dict(),
             torch_rng=torch.get_rng_state(),
         )
-        if self.gan is not None:
+        if self.gan is not None and self.gan.discriminator is not None and self.gan.d_opt is not None:
             state["discriminator"] = self.gan.discriminator.state_dict()
             state["d_opt"] = self.gan.d_opt.state_dict()
         return state
@@ -226,17 +228,27 @@ class Trainer:
         # Generator: L_G = L_percep + λ·L_G^Ra + η·L_1. C(x_r) carries no gradient to G, so it is detached. The L1 and
         # perceptual terms compare with the target (HR, sharpened HR or the teacher's); the discriminator's real
         # images are always the HR patches.
-        d_train.requires_grad_(False)
         with self._autocast():
             sr = self.g_train(lr_img).float()
             l_pix = F.l1_loss(sr, target)
-            l_per = perceptual_loss(gan.vgg, sr, target)
-            real = d_train(hr_img).float().detach()
-            fake = d_train(sr).float()
-            # The original ESRGAN code averages the two relativistic terms; λ = 5e-3 was tuned with that.
-            l_gan = (_bce(real - fake.mean(), 0.0) + _bce(fake - real.mean(), 1.0)) / 2
-            g_loss = c.pixel_weight * l_pix + c.perceptual_weight * l_per + c.gan_weight * l_gan
+            if gan.distance is None:
+                l_per = perceptual_loss(gan.vgg, sr, target)
+            else:
+                with torch.no_grad():
+                    wanted = gan.distance(target)
+                l_per = unit_distance(gan.distance(sr), wanted)
+            g_loss = c.pixel_weight * l_pix + c.perceptual_weight * l_per
+            if d_train is not None:
+                d_train.requires_grad_(False)
+                real = d_train(hr_img).float().detach()
+                fake = d_train(sr).float()
+                # The original ESRGAN code averages the two relativistic terms; λ = 5e-3 was tuned with that.
+                l_gan = (_bce(real - fake.mean(), 0.0) + _bce(fake - real.mean(), 1.0)) / 2
+                g_loss = g_loss + c.gan_weight * l_gan
         self._update(self.g_opt, g_loss)
+        terms = {"loss": g_loss.detach(), "l1": l_pix.detach(), "perceptual": l_per.detach()}
+        if d_train is None or gan.d_opt is None:  # --gan-weight 0: a perceptual stage, no discriminator to train
+            return terms
         # Discriminator: both scores carry gradient to D; only the generated image is detached.
         d_train.requires_grad_(True)
         with self._autocast():
@@ -244,8 +256,8 @@ class Trainer:
             fake = d_train(sr.detach()).float()
             d_loss = (_bce(real - fake.mean(), 1.0) + _bce(fake - real.mean(), 0.0)) / 2
         self._update(gan.d_opt, d_loss)
-        return {"loss": g_loss.detach(), "l1": l_pix.detach(), "perceptual": l_per.detach(), "gan": l_gan.detach(),
-                "d_loss": d_loss.detach(), "d_real": real.detach().mean(), "d_fake": fake.detach().mean()}
+        return {**terms, "gan": l_gan.detach(), "d_loss": d_loss.detach(), "d_real": real.detach().mean(),
+                "d_fake": fake.detach().mean()}
 
     def _update(self, opt: torch.optim.Optimizer, loss: torch.Tensor) -> None:
         opt.zero_grad(set_to_none=True)
