@@ -246,8 +246,15 @@ def test_ctrl_c_then_resume_matches_a_straight_distilled_real_world_run(tmp_path
     assert len(list(folder.glob("*.npy"))) == 50
 
 
-def test_the_levels_term_teaches_flat_black_and_white_to_stay_put(tmp_path: Path, images: Path) -> None:
-    """A run with --levels-weight ends with flat black and white far nearer their level than the same run without."""
+GAN_KW: dict[str, object] = dict(stage="gan", perceptual_weights="random", perceptual_layer="conv1_2",
+                                 perceptual_loss="distance", gan_weight=0.0, pixel_weight=1.0, perceptual_weight=0.1)
+
+
+@pytest.mark.parametrize("stage_kw", [{}, GAN_KW], ids=["psnr", "perceptual-stage"])
+def test_the_levels_term_teaches_flat_black_and_white_to_stay_put(tmp_path: Path, images: Path,
+                                                                  stage_kw: dict[str, object]) -> None:
+    """A run with --levels-weight ends with flat black and white far nearer their level than the same run without,
+    in either stage."""
     from esrgan_cli.levels import measure_levels
     from esrgan_cli.training.trainer import flat_patches, levels_error
     from esrgan_cli.weights import load_weights
@@ -264,10 +271,11 @@ def test_the_levels_term_teaches_flat_black_and_white_to_stay_put(tmp_path: Path
     errors = {}
     for weight in (0.0, 5.0):
         run = tmp_path / f"w{weight}"
-        config = _real(images, None, iters=30, lr=2e-3, init=str(start), save_every=30, levels_weight=weight)
+        config = _real(images, None, iters=30, lr=2e-3, init=str(start), save_every=30, levels_weight=weight,
+                       **stage_kw)
         assert build_trainer(config, run, CPU).run()
         errors[weight] = measure_levels(load_weights(run / "model_30.safetensors")).worst()
     print(f"\nworst level error after 30 iterations: without {errors[0.0]:.4f}, with the term {errors[5.0]:.4f}")
     assert errors[5.0] < 0.5 * errors[0.0]
-    with pytest.raises(ValueError, match="levels weight is for the psnr stage"):
-        _real(images, None, stage="gan", init=str(start), levels_weight=1.0)
+    with pytest.raises(ValueError, match="levels weight must be at least 0"):
+        _real(images, None, init=str(start), levels_weight=-1.0)

@@ -47,8 +47,8 @@ def real_world_options(command: _F) -> _F:
                      help="Keep the teacher's outputs here: a resumed or repeated run with the same teacher, "
                           "degradation, seed and data reads them instead of recomputing them."),
         click.option("--levels-weight", type=click.FloatRange(min=0), default=0.0, show_default=True,
-                     help="PSNR stage: weight of an L1 term that keeps flat black, white and gray patches at their "
-                          "level (real-world training tends to lift black by a few levels)."),
+                     help="Weight of an L1 term that keeps flat black, white and gray patches at their level "
+                          "(real-world training tends to lift black by a few levels)."),
     ]
     for option in reversed(options):
         command = option(command)

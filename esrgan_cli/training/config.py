@@ -83,7 +83,7 @@ class TrainConfig:
     teacher: str | None = None  # a model (name, file or hf:) whose output on the LR is the target
     teacher_sha256: str | None = None  # its file's, recorded when the run starts: a resume checks it is unchanged
     teacher_weight: float = 1.0  # target = w·teacher + (1 - w)·HR
-    levels_weight: float = 0.0  # PSNR stage: L1 keeping flat black, white and gray patches at their level
+    levels_weight: float = 0.0  # L1 keeping flat black, white and gray patches at their level
     teacher_cache: str | None = None  # a folder for the teacher's outputs
 
     def __post_init__(self) -> None:
@@ -136,8 +136,8 @@ class TrainConfig:
             object.__setattr__(self, "degradation_config", DegradationConfig())
         elif self.degradation == "bicubic" and self.degradation_config is not None:
             raise ValueError("degradation settings are for the real degradation (--degradation real)")
-        if self.levels_weight < 0 or (self.levels_weight and self.stage != "psnr"):
-            raise ValueError(f"the levels weight is for the psnr stage and at least 0, got {self.levels_weight}")
+        if self.levels_weight < 0:
+            raise ValueError(f"the levels weight must be at least 0, got {self.levels_weight}")
         if not 0 <= self.teacher_weight <= 1:
             raise ValueError(f"the teacher's weight must be in 0..1, got {self.teacher_weight}")
         if self.teacher is None and (self.teacher_weight != 1 or self.teacher_cache or self.teacher_sha256):

@@ -201,18 +201,13 @@ class Trainer:
                              first=first)
         if self.gan is None:
             with self._autocast():
-                if c.levels_weight:
-                    # One forward pass for both, as DistributedDataParallel expects one per backward.
-                    flats = flat_patches(self.iteration, lr_img)
-                    out = self.g_train(torch.cat([lr_img, flats])).float()
-                    l_pix = F.l1_loss(out[: len(lr_img)], target)
-                    l_levels = levels_error(out[len(lr_img):], flats)
+                sr, l_levels = self._generate(lr_img)
+                loss = l_pix = F.l1_loss(sr, target)
+                if l_levels is not None:
                     loss = l_pix + c.levels_weight * l_levels
-                else:
-                    loss = l_pix = F.l1_loss(self.g_train(lr_img).float(), target)
             self._update(self.g_opt, loss)
             terms = {"loss": loss.detach(), "l1": l_pix.detach()}
-            if c.levels_weight:
+            if l_levels is not None:
                 terms["levels"] = l_levels.detach()
         else:
             terms = self._gan_step(self.gan, lr_img, hr_img, target)
@@ -220,6 +215,15 @@ class Trainer:
         self._update_ema()
         self.iteration += 1
         return terms
+
+    def _generate(self, lr_img: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The generator's output, and with --levels-weight the levels error of flat patches run in the same forward
+        pass (DistributedDataParallel expects one per backward)."""
+        if not self.config.levels_weight:
+            return self.g_train(lr_img).float(), None
+        flats = flat_patches(self.iteration, lr_img)
+        out = self.g_train(torch.cat([lr_img, flats])).float()
+        return out[: len(lr_img)], levels_error(out[len(lr_img):], flats)
 
     def _gan_step(self, gan: GanParts, lr_img: torch.Tensor, hr_img: torch.Tensor,
                   target: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -229,7 +233,7 @@ class Trainer:
         # perceptual terms compare with the target (HR, sharpened HR or the teacher's); the discriminator's real
         # images are always the HR patches.
         with self._autocast():
-            sr = self.g_train(lr_img).float()
+            sr, l_levels = self._generate(lr_img)
             l_pix = F.l1_loss(sr, target)
             if gan.distance is None:
                 l_per = perceptual_loss(gan.vgg, sr, target)
@@ -238,6 +242,8 @@ class Trainer:
                     wanted = gan.distance(target)
                 l_per = unit_distance(gan.distance(sr), wanted)
             g_loss = c.pixel_weight * l_pix + c.perceptual_weight * l_per
+            if l_levels is not None:
+                g_loss = g_loss + c.levels_weight * l_levels
             if d_train is not None:
                 d_train.requires_grad_(False)
                 real = d_train(hr_img).float().detach()
@@ -247,6 +253,8 @@ class Trainer:
                 g_loss = g_loss + c.gan_weight * l_gan
         self._update(self.g_opt, g_loss)
         terms = {"loss": g_loss.detach(), "l1": l_pix.detach(), "perceptual": l_per.detach()}
+        if l_levels is not None:
+            terms["levels"] = l_levels.detach()
         if d_train is None or gan.d_opt is None:  # --gan-weight 0: a perceptual stage, no discriminator to train
             return terms
         # Discriminator: both scores carry gradient to D; only the generated image is detached.
