@@ -123,9 +123,11 @@ class PerceptualDistance:
         if np.shape(a) != np.shape(b):
             raise ValueError(f"images differ in size: {np.shape(a)} and {np.shape(b)}")
         # One image at a time, so that equal images give bit-equal features (0 exactly) and d(a, b) = d(b, a).
+        # The layers' terms are summed in Python floats (float64), as the figures in the model cards were.
         with torch.inference_mode():
-            return float(unit_distance(self._features(_as_tensor(a).to(self._device)),
-                                       self._features(_as_tensor(b).to(self._device))))
+            fa = self._features(_as_tensor(a).to(self._device))
+            fb = self._features(_as_tensor(b).to(self._device))
+            return sum(float(unit_distance([x], [y])) for x, y in zip(fa, fb, strict=True))
 
     def describe(self) -> dict[str, object]:
         """What the figures were computed with, for reports."""

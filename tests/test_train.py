@@ -23,6 +23,7 @@ from esrgan_cli.arch import INIT_SCHEMES, RRDBConfig
 from esrgan_cli.cli import train as cli_train
 from esrgan_cli.engine import Placement, Upscaler
 from esrgan_cli.evaluate import pair_images, score_pairs, summarize, with_upscaler
+from esrgan_cli.perceptual_distance import unit_distance
 from esrgan_cli.resize import imresize
 from esrgan_cli.training.build import build_trainer
 from esrgan_cli.training.config import PerceptualInput, PerceptualLoss, Precision, Stage, TrainConfig, WeightInit
@@ -212,12 +213,24 @@ def test_a_perceptual_stage_without_a_discriminator_learns_and_resumes_bit_for_b
                   perceptual_weights="random", perceptual_layer="conv2_2", perceptual_loss="distance",
                   gan_weight=0.0, pixel_weight=0.0, save_every=30, log_every=10)
     straight = build_trainer(per, tmp_path / "a", torch.device("cpu"))
-    assert straight.discriminator is None
+    assert straight.discriminator is None and straight.gan is not None and straight.gan.distance is not None
+    # The step's perceptual term is the distance itself, of the model's output on the batch from the HR patches.
+    probe = build_trainer(per, tmp_path / "probe", torch.device("cpu"))
+    assert probe.gan is not None and probe.gan.distance is not None
+    lr_img, hr_img = next(probe._loader())
+    with torch.no_grad():
+        expected = unit_distance(probe.gan.distance(probe.generator(lr_img)), probe.gan.distance(hr_img))
+    assert float(probe.step(lr_img, hr_img)["perceptual"]) == pytest.approx(float(expected), rel=1e-5)
     assert straight.run()
     log = [json.loads(line) for line in (tmp_path / "a" / "log.jsonl").read_text().splitlines()]
     assert set(log[-1]) == {"iter", "loss", "l1", "perceptual", "lr"}
     assert log[-1]["perceptual"] < 0.9 * log[0]["perceptual"]
     assert "discriminator" not in torch.load(tmp_path / "a" / "state.pt", weights_only=True)
+
+    # No discriminator, so no patch-size multiple of its own (the VGG discriminator's is 32).
+    assert _config(images, stage="gan", init="m.safetensors", gan_weight=0.0, patch_size=36).patch_size == 36
+    with pytest.raises(ValueError, match="multiple of 32"):
+        _config(images, stage="gan", init="m.safetensors", patch_size=36)
 
     first = build_trainer(per, tmp_path / "b", torch.device("cpu"))
     assert first.run(should_stop=lambda: first.iteration >= 13) is False

@@ -111,7 +111,7 @@ class TrainConfig:
             if not self.init:
                 raise ValueError("the GAN stage starts from a PSNR-stage model: give --init")
             multiple = DISCRIMINATOR_MULTIPLE.get(self.discriminator, 32)
-            if self.patch_size % multiple:
+            if self.gan_weight and self.patch_size % multiple:  # --gan-weight 0 builds no discriminator
                 raise ValueError(f"the GAN stage with the {self.discriminator} discriminator needs a patch size that "
                                  f"is a multiple of {multiple}, got {self.patch_size}")
         self._check_real_world()

@@ -35,9 +35,16 @@ for f in $(ls "$SHARED/trainsets/BSD200" | sort); do
   i=$((i + 1))
 done
 
-# The start: compact-x4 as it was before its levels were folded (commit a94ad0d; sha256 157c380c…).
+from_git() {  # from_git COMMIT:PATH SHA256 OUT: a file from git history, checked, then moved into place
+  git -C "$HERE" show "$1" > "$3.tmp"
+  echo "$2  $3.tmp" | sha256sum --check --quiet
+  mv "$3.tmp" "$3"
+}
+
+# 1. The start: compact-x4 as it was before its levels were folded (commit a94ad0d).
 INIT=$RUN/init-compact-x4.safetensors
-[ -f "$INIT" ] || git -C "$HERE" show a94ad0d:weights/compact-x4.fp16.safetensors > "$INIT"
+[ -f "$INIT" ] || from_git a94ad0d:weights/compact-x4.fp16.safetensors \
+  157c380c15a33cef1f4dfff4ffb734876f1c36b0f9ba2efdafa2e2b56aafa895 "$INIT"
 
 stage() {  # stage NAME psnr|gan ARGS...: start the run in $RUN/NAME, or resume it when its folder holds one
   local out=$RUN/$1 kind=$2; shift 2
@@ -45,43 +52,44 @@ stage() {  # stage NAME psnr|gan ARGS...: start the run in $RUN/NAME, or resume 
   else esrgan train --stage "$kind" --out "$out" "$@"; fi
 }
 
-# Steps 1-5 make the first release of compact-real-x4. FROM_V1=1 takes that file from git history instead (commit
-# a2341ea, sha256 166efccb...) and goes straight to step 6.
+# Steps 2-6 make the first release of compact-real-x4. FROM_V1=1 takes that file from git history instead (commit
+# a2341ea) and goes straight to step 7.
 V1=$RUN/compact-real-x4-v1.fp16.safetensors
 if [ "${FROM_V1:-0}" = 1 ] && [ ! -f "$V1" ]; then
-  git -C "$HERE" show a2341ea:weights/compact-real-x4.fp16.safetensors > "$V1"
+  from_git a2341ea:weights/compact-real-x4.fp16.safetensors \
+    166efccb9c14d1197e36c35b9cefa5033faaf55692ae1a6a79963e5b6f529ab7 "$V1"
 fi
 if [ ! -f "$V1" ]; then
 
-# 1. Distillation, L1 to the half-teacher, half-HR target on the very same degraded patch (no GAN yet).
+# 2. Distillation, L1 to the half-teacher, half-HR target on the very same degraded patch (no GAN yet).
 stage psnr psnr --degradation real --teacher "$TEACHER" --teacher-weight "$TEACHER_WEIGHT" \
   --teacher-cache "$RUN/teacher-cache" --init "$INIT" --data "$RUN/data" --iters "$PSNR_ITERS" \
   --batch-size 8 --patch-size 96 --lr 2e-4 --warmup 100 --save-every 250 --val-every "$PSNR_ITERS" --seed 13
 
-# 2. Short GAN stage: perceptual (conv3_4, the deepest layer the offline VGG19 has) + U-Net GAN + L1, to the
+# 3. Short GAN stage: perceptual (conv3_4, the deepest layer the offline VGG19 has) + U-Net GAN + L1, to the
 #    teacher's output, for texture the L1 average smooths away.
 [ -f "$RUN/gan/model_${GAN_USE}.safetensors" ] || stage gan gan --degradation real --teacher "$TEACHER" --teacher-weight "$GAN_TEACHER_WEIGHT" \
   --teacher-cache "$RUN/teacher-cache-gan" --init "$RUN/psnr/model_${PSNR_ITERS}.safetensors" --data "$RUN/data" \
   --iters "$GAN_ITERS" --batch-size 8 --patch-size 96 --discriminator unet --perceptual-weights "$VGG" \
   --perceptual-layer conv3_4 --perceptual-weight 0.01 --save-every 100 --val-every "$GAN_ITERS" --seed 14
 
-# 3. The blend of the two stages (network interpolation).
+# 4. The blend of the two stages (network interpolation).
 [ -f "$RUN/blend.safetensors" ] || esrgan blend "$RUN/psnr/model_${PSNR_ITERS}.safetensors" \
   "$RUN/gan/model_${GAN_USE}.safetensors" --alpha "$BLEND" --dtype fp32 -o "$RUN/blend.safetensors"
 
-# 4. Levels: the blend lifts flat black by 3-6 levels (real-world inputs are never noise-free black). Folding that
+# 5. Levels: the blend lifts flat black by 3-6 levels (real-world inputs are never noise-free black). Folding that
 #    out with a gain cost 0.21 dB on the held-out set, so it is taught instead: a short fine-tune with the levels
 #    term, on the distillation stage's own batches (the same seed: its teacher cache answers them).
 stage levels psnr --degradation real --teacher "$TEACHER" --teacher-weight "$TEACHER_WEIGHT" \
   --teacher-cache "$RUN/teacher-cache" --init "$RUN/blend.safetensors" --data "$RUN/data" --iters 300 \
   --batch-size 8 --patch-size 96 --lr 1e-4 --warmup 0 --levels-weight 1 --save-every 100 --val-every 300 --seed 13
 
-# 5. The first release of compact-real-x4 (commit a2341ea): what is left of the level error folded out exactly
+# 6. The first release of compact-real-x4 (commit a2341ea): what is left of the level error folded out exactly
 #    (under 0.05 of a level), in fp16.
 esrgan convert "$RUN/levels/model_300.safetensors" --true-levels --dtype fp16 -o "$V1"
 fi
 
-# 6. Perceptual stage: L1 + 0.1 × `esrgan eval`'s perceptual distance (unit-normalised VGG19 features at relu1_2,
+# 7. Perceptual stage: L1 + 0.1 × `esrgan eval`'s perceptual distance (unit-normalised VGG19 features at relu1_2,
 #    relu2_2 and relu3_4), both to the HR image, with no discriminator (--gan-weight 0) and no teacher: the
 #    distance falls where the GAN stage above bought little of it, and the PSNR holds.
 PER_ITERS=${PER_ITERS:-800}
@@ -90,18 +98,18 @@ stage perceptual gan --degradation real --init "$V1" --data "$RUN/data" --iters 
   --perceptual-loss distance --perceptual-weights "$VGG" --perceptual-layer conv3_4 --pixel-weight 1 \
   --perceptual-weight 0.1 --save-every 100 --val-every "$PER_ITERS" --seed 14
 
-# 7. Levels: the perceptual stage lifts flat black by 3-6 levels again. A short continuation of it with the levels
+# 8. Levels: the perceptual stage lifts flat black by 3-6 levels again. A short continuation of it with the levels
 #    term (and half its learning rate) teaches them back while the distance keeps falling.
 stage perceptual-levels gan --degradation real --init "$RUN/perceptual/model_${PER_ITERS}.safetensors" \
   --data "$RUN/data" --iters 400 --lr 5e-5 --milestones 200,300 --batch-size 8 --patch-size 96 --gan-weight 0 \
   --perceptual-loss distance --perceptual-weights "$VGG" --perceptual-layer conv3_4 --pixel-weight 1 \
   --perceptual-weight 0.1 --levels-weight 1 --save-every 100 --val-every 400 --seed 15
 
-# 8. The shipped file: what is left of the level error folded out exactly, in fp16.
+# 9. The shipped file: what is left of the level error folded out exactly, in fp16.
 esrgan convert "$RUN/perceptual-levels/model_400.safetensors" --true-levels --dtype fp16 \
   -o "$RUN/compact-real-x4.fp16.safetensors"
 
-# 9. The real-world evaluation set and the scores (the model card's table). EVAL=0 skips it.
+# 10. The real-world evaluation set and the scores (the model card's table). EVAL=0 skips it.
 [ "${EVAL:-1}" = 1 ] || exit 0
 for m in bicubic compact-x4 compact-psnr-x4 "$V1" "$RUN/compact-real-x4.fp16.safetensors" "$TEACHER"; do
   esrgan eval "$m" --hr "$RUN/heldout" --degradation real --seed 2026 --perceptual-weights "$VGG" --json \
