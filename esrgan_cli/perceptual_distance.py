@@ -69,8 +69,9 @@ class UnitFeatures:
     eval's distance and the trainer's distance loss (`--perceptual-loss distance`) both compare. Differentiable."""
 
     def __init__(self, net: VGGFeatures, layers: tuple[VGGLayer, ...]) -> None:
-        if LAYERS[net.config.layer] < max(LAYERS[name] for name in layers):
-            raise ValueError(f"the network ends at {net.config.layer}; {layers[-1]} is deeper")
+        deepest = max(layers, key=LAYERS.__getitem__)
+        if LAYERS[net.config.layer] < LAYERS[deepest]:
+            raise ValueError(f"the network ends at {net.config.layer}; {deepest} is deeper")
         self.net = net
         # The network's own forward applies its input convention (imagenet-rgb or caffe-bgr), so features are read
         # from it by hooks on the ReLUs rather than by re-running its layers here with a copy of that logic.
@@ -112,8 +113,6 @@ class PerceptualDistance:
 
     def __init__(self, net: VGGFeatures, config: DistanceConfig | None = None, source: str = "") -> None:
         self.config = config or DistanceConfig()
-        if LAYERS[net.config.layer] < LAYERS[self.config.deepest]:
-            raise ValueError(f"the network ends at {net.config.layer}; {self.config.deepest} is deeper")
         self.net = net
         self.source = source
         self._device = next(net.parameters()).device

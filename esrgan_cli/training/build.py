@@ -19,7 +19,7 @@ from esrgan_cli.training.perceptual import Convention, PerceptualConfig, VGGFeat
 from esrgan_cli.training.runtime import Distributed, Report, Reporter, TrainError
 from esrgan_cli.training.state import STATE_FILE, read_state
 from esrgan_cli.training.teacher import CacheKey, Teacher, TeacherCache, data_fingerprint, load_teacher
-from esrgan_cli.training.trainer import GanParts, Networks, TrainData, Trainer
+from esrgan_cli.training.trainer import Adversary, GanParts, Networks, TrainData, Trainer
 from esrgan_cli.weights import load_weights
 
 
@@ -62,16 +62,15 @@ def build_trainer(config: TrainConfig, run_dir: Path, device: torch.device, *, r
     if c.stage == "gan":
         vgg = _perceptual_net(c, warn).to(device)
         distance = UnitFeatures(vgg, distance_layers(c.perceptual_layer)) if c.perceptual_loss == "distance" else None
-        discriminator: torch.nn.Module | None = None
-        if c.gan_weight == 0:  # a perceptual stage: no adversary to build, train or save
-            gan = GanParts(None, None, vgg, distance)
-        else:
+        adversary = None
+        if c.gan_weight:  # --gan-weight 0: a perceptual stage, no adversary to build, train or save
+            discriminator: torch.nn.Module
             if c.discriminator == "unet":
                 discriminator = UNetDiscriminator(c.disc_features).to(device)
             else:
                 discriminator = VGGDiscriminator(c.patch_size, c.disc_features).to(device)
-            d_opt = torch.optim.Adam(discriminator.parameters(), lr=c.lr, betas=c.betas)
-            gan = GanParts(discriminator, d_opt, vgg, distance)
+            adversary = Adversary(discriminator, torch.optim.Adam(discriminator.parameters(), lr=c.lr, betas=c.betas))
+        gan = GanParts(adversary, vgg, distance)
     scaler = torch.amp.GradScaler("cuda", enabled=c.precision == "fp16")
 
     trainer = Trainer(c, run_dir, device, Networks(generator, ema, g_opt, scaler, gan, teacher),

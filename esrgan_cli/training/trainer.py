@@ -38,12 +38,19 @@ _Sample = TypeVar("_Sample")
 
 
 @dataclass
-class GanParts:
-    """What the GAN stage adds: the discriminator (VGG or U-Net) and its optimizer, none with --gan-weight 0, and the
-    perceptual loss's feature network, read through `distance` with --perceptual-loss distance."""
+class Adversary:
+    """The discriminator (VGG or U-Net) and its optimizer."""
 
-    discriminator: nn.Module | None
-    d_opt: torch.optim.Optimizer | None
+    discriminator: nn.Module
+    opt: torch.optim.Optimizer
+
+
+@dataclass
+class GanParts:
+    """What the GAN stage adds: the adversary (none with --gan-weight 0) and the perceptual loss's feature network,
+    read through `distance` with --perceptual-loss distance."""
+
+    adversary: Adversary | None
     vgg: VGGFeatures
     distance: UnitFeatures | None = None
 
@@ -104,7 +111,8 @@ class Trainer:
         self.generator, self.ema, self.g_opt, self.scaler = nets.generator, nets.ema, nets.g_opt, nets.scaler
         self.gan = nets.gan
         self.teacher = nets.teacher
-        self.discriminator = nets.gan.discriminator if nets.gan else None
+        self.adversary = nets.gan.adversary if nets.gan else None
+        self.discriminator = self.adversary.discriminator if self.adversary else None
         # What the steps run: the networks themselves, or their DistributedDataParallel wrappers after `begin`.
         self.g_train: nn.Module = self.generator
         self.d_train: nn.Module | None = self.discriminator
@@ -120,11 +128,11 @@ class Trainer:
         self.g_opt.load_state_dict(state["g_opt"])
         self.scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["torch_rng"])
-        if self.gan is not None and self.gan.discriminator is not None and self.gan.d_opt is not None:
+        if self.adversary is not None:
             if "discriminator" not in state or "d_opt" not in state:
                 raise TrainError(f"{self.run_dir / STATE_FILE}: not the state of a GAN-stage run")
-            self.gan.discriminator.load_state_dict(state["discriminator"])
-            self.gan.d_opt.load_state_dict(state["d_opt"])
+            self.adversary.discriminator.load_state_dict(state["discriminator"])
+            self.adversary.opt.load_state_dict(state["d_opt"])
 
     def state(self) -> TrainState:
         state = TrainState(
@@ -132,9 +140,9 @@ class Trainer:
             ema=self.ema.state_dict(), g_opt=self.g_opt.state_dict(), scaler=self.scaler.state_dict(),
             torch_rng=torch.get_rng_state(),
         )
-        if self.gan is not None and self.gan.discriminator is not None and self.gan.d_opt is not None:
-            state["discriminator"] = self.gan.discriminator.state_dict()
-            state["d_opt"] = self.gan.d_opt.state_dict()
+        if self.adversary is not None:
+            state["discriminator"] = self.adversary.discriminator.state_dict()
+            state["d_opt"] = self.adversary.opt.state_dict()
         return state
 
     def begin(self) -> None:
@@ -191,7 +199,7 @@ class Trainer:
         lr_img = lr_img.to(self.device, non_blocking=True)
         hr_img = hr_img.to(self.device, non_blocking=True)
         rate = self.config.lr_at(self.iteration)
-        for opt in (self.g_opt, self.gan.d_opt if self.gan else None):
+        for opt in (self.g_opt, self.adversary.opt if self.adversary else None):
             if opt is not None:
                 for group in opt.param_groups:
                     group["lr"] = rate
@@ -228,7 +236,7 @@ class Trainer:
     def _gan_step(self, gan: GanParts, lr_img: torch.Tensor, hr_img: torch.Tensor,
                   target: torch.Tensor) -> dict[str, torch.Tensor]:
         c = self.config
-        d_train = self.d_train if self.d_train is not None else gan.discriminator
+        d_train = self.d_train  # the discriminator, or its DistributedDataParallel wrapper; None without one
         # Generator: L_G = L_percep + λ·L_G^Ra + η·L_1. C(x_r) carries no gradient to G, so it is detached. The L1 and
         # perceptual terms compare with the target (HR, sharpened HR or the teacher's); the discriminator's real
         # images are always the HR patches.
@@ -255,7 +263,7 @@ class Trainer:
         terms = {"loss": g_loss.detach(), "l1": l_pix.detach(), "perceptual": l_per.detach()}
         if l_levels is not None:
             terms["levels"] = l_levels.detach()
-        if d_train is None or gan.d_opt is None:  # --gan-weight 0: a perceptual stage, no discriminator to train
+        if d_train is None or self.adversary is None:  # --gan-weight 0: a perceptual stage, no adversary to train
             return terms
         # Discriminator: both scores carry gradient to D; only the generated image is detached.
         d_train.requires_grad_(True)
@@ -263,7 +271,7 @@ class Trainer:
             real = d_train(hr_img).float()
             fake = d_train(sr.detach()).float()
             d_loss = (_bce(real - fake.mean(), 1.0) + _bce(fake - real.mean(), 0.0)) / 2
-        self._update(gan.d_opt, d_loss)
+        self._update(self.adversary.opt, d_loss)
         return {**terms, "gan": l_gan.detach(), "d_loss": d_loss.detach(), "d_real": real.detach().mean(),
                 "d_fake": fake.detach().mean()}
 
