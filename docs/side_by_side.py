@@ -9,7 +9,7 @@ X,Y,W,H` adds a second row: that region of each output (output pixels), enlarged
 `--web-jpeg FACTOR,QUALITY` first makes the input what a photo found on the web looks like: shrunk FACTOR times
 (Pillow's antialiased bicubic) and saved as a JPEG at QUALITY; that JPEG is the models' input:
 
-    python docs/side_by_side.py examples/chelsea.png -o docs/real-photo.png --web-jpeg 2,55 \
+    python docs/side_by_side.py examples/chelsea.png -o docs/real-photo.png --web-jpeg 2,55 --zoom 300,200,300,200 \
         --model compact-x4 compact-x4 --model compact-real-x4 "compact-real-x4 (default)" \
         --model ../shared/weights/realesrgan-x4plus.fp16.safetensors "Real-ESRGAN x4plus"
 """

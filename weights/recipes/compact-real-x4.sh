@@ -52,9 +52,18 @@ stage() {  # stage NAME psnr|gan ARGS...: start the run in $RUN/NAME, or resume 
   else esrgan train --stage "$kind" --out "$out" "$@"; fi
 }
 
+# Steps 2-9 make the second release (commit 8f3300b). FROM_V2=1 takes that file from git history instead and goes
+# straight to step 10.
+V1=$RUN/compact-real-x4-v1.fp16.safetensors
+V2=$RUN/compact-real-x4-v2.fp16.safetensors
+if [ "${FROM_V2:-0}" = 1 ] && [ ! -f "$V2" ]; then
+  from_git 8f3300b:weights/compact-real-x4.fp16.safetensors \
+    daf9b0216b25139ca9bbe13a438de8d48ce9250b025aaff4a41179e09738fb28 "$V2"
+fi
+if [ ! -f "$V2" ]; then
+
 # Steps 2-6 make the first release of compact-real-x4. FROM_V1=1 takes that file from git history instead (commit
 # a2341ea) and goes straight to step 7.
-V1=$RUN/compact-real-x4-v1.fp16.safetensors
 if [ "${FROM_V1:-0}" = 1 ] && [ ! -f "$V1" ]; then
   from_git a2341ea:weights/compact-real-x4.fp16.safetensors \
     166efccb9c14d1197e36c35b9cefa5033faaf55692ae1a6a79963e5b6f529ab7 "$V1"
@@ -105,13 +114,31 @@ stage perceptual-levels gan --degradation real --init "$RUN/perceptual/model_${P
   --perceptual-loss distance --perceptual-weights "$VGG" --perceptual-layer conv3_4 --pixel-weight 1 \
   --perceptual-weight 0.1 --levels-weight 1 --save-every 100 --val-every 400 --seed 15
 
-# 9. The shipped file: what is left of the level error folded out exactly, in fp16.
-esrgan convert "$RUN/perceptual-levels/model_400.safetensors" --true-levels --dtype fp16 \
+# 9. The second release (commit 8f3300b): what is left of the level error folded out exactly, in fp16.
+esrgan convert "$RUN/perceptual-levels/model_400.safetensors" --true-levels --dtype fp16 -o "$V2"
+fi
+
+# 10-11. Two longer perceptual stages with the levels term on: L1 + 0.3 × the distance to HR, 2400 iterations
+#    each (Adam 1e-4 halved at 1600 and 2100), the second from the first's last iteration. The distance kept
+#    falling through both on the selection set (the held-out images degraded with seed 7, not the seed-2026 set).
+per() {  # per NAME INIT SEED
+  stage "$1" gan --degradation real --init "$2" --data "$RUN/data" --iters 2400 --lr 1e-4 --milestones 1600,2100 \
+    --batch-size 8 --patch-size 96 --gan-weight 0 --perceptual-loss distance --perceptual-weights "$VGG" \
+    --perceptual-layer conv3_4 --pixel-weight 1 --perceptual-weight 0.3 --levels-weight 1 --save-every 200 \
+    --val-every 2400 --seed "$3"
+}
+per perceptual3 "$V2" 16
+per perceptual4 "$RUN/perceptual3/model_2400.safetensors" 17
+
+# 12. The shipped file: the level error folded out as in step 9, fp16.
+esrgan convert "$RUN/perceptual4/model_2400.safetensors" --true-levels --dtype fp16 \
   -o "$RUN/compact-real-x4.fp16.safetensors"
 
-# 10. The real-world evaluation set and the scores (the model card's table). EVAL=0 skips it.
+# 13. The real-world evaluation set and the scores (the model card's table). EVAL=0 skips it.
 [ "${EVAL:-1}" = 1 ] || exit 0
-for m in bicubic compact-x4 compact-psnr-x4 "$V1" "$RUN/compact-real-x4.fp16.safetensors" "$TEACHER"; do
+models=(bicubic compact-x4 compact-psnr-x4)
+for f in "$V1" "$V2"; do [ -f "$f" ] && models+=("$f"); done  # the shortcuts skip the releases before theirs
+for m in "${models[@]}" "$RUN/compact-real-x4.fp16.safetensors" "$TEACHER"; do
   esrgan eval "$m" --hr "$RUN/heldout" --degradation real --seed 2026 --perceptual-weights "$VGG" --json \
     > "$RUN/eval-$(basename "$m" .safetensors).json"
 done
