@@ -16,9 +16,10 @@ GAN_ITERS=${GAN_ITERS:-400}
 TEACHER_WEIGHT=${TEACHER_WEIGHT:-0.5}
 # GAN stage: the teacher alone, for its clean texture; the blend below brings the fidelity back.
 GAN_TEACHER_WEIGHT=${GAN_TEACHER_WEIGHT:-1.0}
-# The GAN stage's checkpoint that is blended. The first release (and so every later one) used model_200: the stage was interrupted (Ctrl-C)
-# after it was written, for time. Its learning-rate schedule is set by GAN_ITERS, so model_200 of a 400-iteration
-# run is the same whether or not the run goes on; press Ctrl-C once it is written to save the time, then rerun.
+# The GAN stage's checkpoint that is blended. The first release (and so every later one) used model_200: the stage
+# was interrupted (Ctrl-C) after it was written, for time. Its learning-rate schedule is set by GAN_ITERS, so
+# model_200 of a 400-iteration run is the same whether or not the run goes on; press Ctrl-C once it is written to
+# save the time, then rerun.
 GAN_USE=${GAN_USE:-200}
 # Network interpolation between the two stages (esrgan blend): the weight of the GAN model.
 BLEND=${BLEND:-0.5}
@@ -138,20 +139,19 @@ esrgan convert "$RUN/perceptual4/model_2400.safetensors" --true-levels --dtype f
 
 # 13. The real-world evaluation set and the scores (the model card's table). EVAL=0 skips it.
 [ "${EVAL:-1}" = 1 ] || exit 0
+score() {  # score MODEL HR SEED PREFIX: the real-world scores as JSON in $RUN/PREFIX<model>.json (temp file, then mv)
+  local out=$RUN/$4$(basename "$1" .safetensors).json
+  esrgan eval "$1" --hr "$2" --degradation real --seed "$3" --perceptual-weights "$VGG" --json > "$out.tmp"
+  mv "$out.tmp" "$out"
+}
 models=(bicubic compact-x4 compact-psnr-x4)
 for f in "$V1" "$V2"; do [ -f "$f" ] && models+=("$f"); done  # the shortcuts skip the releases before theirs
 for m in "${models[@]}" "$RUN/compact-real-x4.fp16.safetensors" "$TEACHER"; do
-  esrgan eval "$m" --hr "$RUN/heldout" --degradation real --seed 2026 --perceptual-weights "$VGG" --json \
-    > "$RUN/eval-$(basename "$m" .safetensors).json"
+  score "$m" "$RUN/heldout" 2026 eval-
 done
 # Beyond the held-out set (the card's second table): the selection set (seed 7), Set5 and Set14 degraded the same
 # way. Each report gives bicubic's figures beside the model's.
 for m in "$RUN/compact-real-x4.fp16.safetensors" "$TEACHER"; do
-  name=$(basename "$m" .safetensors)
-  esrgan eval "$m" --hr "$RUN/heldout" --degradation real --seed 7 --perceptual-weights "$VGG" --json \
-    > "$RUN/eval-seed7-$name.json"
-  for set in Set5 Set14; do
-    esrgan eval "$m" --hr "$SHARED/testsets/$set/HR" --degradation real --seed 2026 --perceptual-weights "$VGG" \
-      --json > "$RUN/eval-$set-$name.json"
-  done
+  score "$m" "$RUN/heldout" 7 eval-seed7-
+  for set in Set5 Set14; do score "$m" "$SHARED/testsets/$set/HR" 2026 "eval-$set-"; done
 done
