@@ -21,10 +21,10 @@ import torch
 from PIL import Image
 
 import esrgan_cli
-from esrgan_cli.arch import RRDBConfig, RRDBNet, init_weights
-from esrgan_cli.batch import collect_jobs, run_batch
-from esrgan_cli.pipeline import UpscaleOptions, batch_stages
-from esrgan_cli.weights import LoadedWeights, load_weights
+from esrgan_cli.batch.journal import collect_jobs, run_batch
+from esrgan_cli.model.arch import RRDBConfig, RRDBNet, init_weights
+from esrgan_cli.model.weights import LoadedWeights, load_weights
+from esrgan_cli.upscale.pipeline import UpscaleOptions, batch_stages
 
 
 def make_inputs(folder: Path, count: int, size: int, shared: Path) -> None:

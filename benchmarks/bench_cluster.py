@@ -24,13 +24,13 @@ import torch
 from bench_batch import make_inputs  # benchmarks/ is the script's folder, so it is on sys.path
 
 import esrgan_cli
-from esrgan_cli.batch import BatchOptions, Journal, collect_jobs, pixel_options, plan_batch, run_batch
-from esrgan_cli.cluster import ClusterOptions, Journaling, open_driver
-from esrgan_cli.cluster_worker import WorkerConfig
-from esrgan_cli.hashing import sha256_of
-from esrgan_cli.pipeline import UpscaleOptions, batch_stages
-from esrgan_cli.registry import load_registry, resolve_model
-from esrgan_cli.weights import load_weights
+from esrgan_cli.batch.cluster.driver import ClusterOptions, Journaling, open_driver
+from esrgan_cli.batch.cluster.worker import WorkerConfig
+from esrgan_cli.batch.journal import BatchOptions, Journal, collect_jobs, pixel_options, plan_batch, run_batch
+from esrgan_cli.files import sha256_of
+from esrgan_cli.model.registry import load_registry, resolve_model
+from esrgan_cli.model.weights import load_weights
+from esrgan_cli.upscale.pipeline import UpscaleOptions, batch_stages
 
 OPTIONS = UpscaleOptions()
 THREADS = [1]  # torch threads per model replica (the local batch is one replica)

@@ -26,8 +26,8 @@ from esrgan_cli.errors import (
 
 if TYPE_CHECKING:
     from esrgan_cli.api import ModelInfo, available_models, load_model
-    from esrgan_cli.engine import Upscaler
-    from esrgan_cli.weights import LoadedWeights
+    from esrgan_cli.model.weights import LoadedWeights
+    from esrgan_cli.upscale.engine import Upscaler
 
 __version__ = "0.1.0"
 
@@ -55,8 +55,8 @@ _LAZY = {
     "load_model": "esrgan_cli.api",
     "available_models": "esrgan_cli.api",
     "ModelInfo": "esrgan_cli.api",
-    "Upscaler": "esrgan_cli.engine",
-    "LoadedWeights": "esrgan_cli.weights",
+    "Upscaler": "esrgan_cli.upscale.engine",
+    "LoadedWeights": "esrgan_cli.model.weights",
 }
 
 

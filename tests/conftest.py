@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import torch
 
-from esrgan_cli.arch import RRDBConfig, RRDBNet, init_weights
-from esrgan_cli.metrics import psnr as metrics_psnr
-from esrgan_cli.weights import save_safetensors
+from esrgan_cli.eval.metrics import psnr as metrics_psnr
+from esrgan_cli.model.arch import RRDBConfig, RRDBNet, init_weights
+from esrgan_cli.model.weights import save_safetensors
 
 ROOT = Path(__file__).resolve().parent.parent
 

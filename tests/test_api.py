@@ -17,10 +17,10 @@ from PIL import Image
 from test_cli import esrgan
 
 import esrgan_cli
-from esrgan_cli.arch import RRDBConfig
-from esrgan_cli.device import Placement
-from esrgan_cli.engine import Upscaler
-from esrgan_cli.weights import LoadedWeights
+from esrgan_cli.model.arch import RRDBConfig
+from esrgan_cli.model.weights import LoadedWeights
+from esrgan_cli.upscale.device import Placement
+from esrgan_cli.upscale.engine import Upscaler
 
 from conftest import ROOT, padded_forward, psnr, random_image, tiny_model
 
@@ -109,7 +109,7 @@ def test_pil_path_matches_the_command_line(upscaler: Upscaler, tmp_path: Path) -
     src = tmp_path / "in.png"
     Image.fromarray((random_image(12, 10, seed=7) * 255).astype(np.uint8)).save(src)
     weights = tmp_path / "tiny.safetensors"
-    from esrgan_cli.weights import save_safetensors
+    from esrgan_cli.model.weights import save_safetensors
 
     model = tiny_model()
     save_safetensors(model.state_dict(), model.config, weights)
@@ -161,7 +161,7 @@ def test_cli_tta_with_tile_64_equals_untiled_tta_on_200_pixels(tmp_path: Path) -
 # A CLI run whose model runs out of memory at every tile size on images that are nearly white, as CUDA would.
 OOM_SCRIPT = """
 import sys, torch
-from esrgan_cli.arch import RRDBNet
+from esrgan_cli.model.arch import RRDBNet
 real = RRDBNet.trunk
 def trunk(self, x):
     if float(x.float().mean()) > 0.9:

@@ -16,11 +16,11 @@ import pytest
 from PIL import Image
 from test_cli import esrgan
 
-from esrgan_cli.arch import RRDBConfig
-from esrgan_cli.batch import BatchError, Job, Journal, Stages, collect_jobs, run_batch
+from esrgan_cli.batch.journal import BatchError, Job, Journal, Stages, collect_jobs, run_batch
 from esrgan_cli.errors import EsrganError
-from esrgan_cli.hashing import sha256_of
-from esrgan_cli.weights import save_safetensors
+from esrgan_cli.files import sha256_of
+from esrgan_cli.model.arch import RRDBConfig
+from esrgan_cli.model.weights import save_safetensors
 
 from conftest import ROOT, WAIT_S, default_sigint, random_image, tiny_model, wait_until
 

@@ -15,11 +15,11 @@ import torch
 from PIL import Image
 from test_cli import esrgan
 
-from esrgan_cli.engine import Upscaler, choose_placement
-from esrgan_cli.evaluate import pair_images, score_pairs, summarize, with_upscaler
-from esrgan_cli.metrics import y_channel
-from esrgan_cli.registry import BundledFile, load_registry, resolve_model, weights_dir
-from esrgan_cli.weights import load_weights
+from esrgan_cli.eval.metrics import y_channel
+from esrgan_cli.eval.score import pair_images, score_pairs, summarize, with_upscaler
+from esrgan_cli.model.registry import BundledFile, load_registry, resolve_model, weights_dir
+from esrgan_cli.model.weights import load_weights
+from esrgan_cli.upscale.engine import Upscaler, choose_placement
 
 from conftest import ROOT, WAIT_S
 

@@ -16,12 +16,12 @@ from PIL import Image
 from test_batch import save_png
 from test_cli import assert_one_line_error, esrgan
 
-from esrgan_cli.arch import RRDBConfig
-from esrgan_cli.batch import BatchOptions, Journal, Outcome, collect_jobs, pixel_options, plan_batch
-from esrgan_cli.cluster import ClusterOptions, Journaling, open_driver
-from esrgan_cli.cluster_worker import WorkerConfig
-from esrgan_cli.pipeline import UpscaleOptions
-from esrgan_cli.weights import load_weights, save_safetensors
+from esrgan_cli.batch.cluster.driver import ClusterOptions, Journaling, open_driver
+from esrgan_cli.batch.cluster.worker import WorkerConfig
+from esrgan_cli.batch.journal import BatchOptions, Journal, Outcome, collect_jobs, pixel_options, plan_batch
+from esrgan_cli.model.arch import RRDBConfig
+from esrgan_cli.model.weights import load_weights, save_safetensors
+from esrgan_cli.upscale.pipeline import UpscaleOptions
 
 from conftest import ROOT, WAIT_S, tiny_model
 

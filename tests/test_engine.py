@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from esrgan_cli.arch import RRDBConfig
-from esrgan_cli.device import Placement, auto_tile, bytes_per_input_pixel, choose_placement
-from esrgan_cli.engine import Upscaler
 from esrgan_cli.errors import DeviceError, OutOfMemoryError
-from esrgan_cli.tiling import TileTooLarge, run_tiled
-from esrgan_cli.weights import LoadedWeights, load_weights
+from esrgan_cli.model.arch import RRDBConfig
+from esrgan_cli.model.weights import LoadedWeights, load_weights
+from esrgan_cli.upscale.device import Placement, auto_tile, bytes_per_input_pixel, choose_placement
+from esrgan_cli.upscale.engine import Upscaler
+from esrgan_cli.upscale.tiling import TileTooLarge, run_tiled
 
 from conftest import out_of_memory_above, random_image, tiny_model
 
@@ -97,9 +97,9 @@ def rss(field):
     code = hwm + """
 import sys, numpy as np, torch
 from pathlib import Path
-from esrgan_cli.device import bytes_per_input_pixel, choose_placement
-from esrgan_cli.engine import Upscaler
-from esrgan_cli.weights import load_weights
+from esrgan_cli.upscale.device import bytes_per_input_pixel, choose_placement
+from esrgan_cli.upscale.engine import Upscaler
+from esrgan_cli.model.weights import load_weights
 up = Upscaler(load_weights(Path(sys.argv[1])), choose_placement("cpu", "fp32"))
 up(np.random.rand(16, 16, 3).astype(np.float32))
 image = np.random.rand(128, 128, 3).astype(np.float32)
@@ -111,9 +111,9 @@ print((rss("VmHWM") - base) / 128 / 128, bytes_per_input_pixel(up.config, torch.
     trunk_code = hwm + """
 import sys, torch
 from pathlib import Path
-from esrgan_cli.device import choose_placement, trunk_bytes_per_pixel
-from esrgan_cli.engine import Upscaler
-from esrgan_cli.weights import load_weights
+from esrgan_cli.upscale.device import choose_placement, trunk_bytes_per_pixel
+from esrgan_cli.upscale.engine import Upscaler
+from esrgan_cli.model.weights import load_weights
 up = Upscaler(load_weights(Path(sys.argv[1])), choose_placement("cpu", "fp32"))
 with torch.inference_mode():
     up.model.trunk(torch.rand(1, 3, 16, 16).contiguous(memory_format=torch.channels_last))

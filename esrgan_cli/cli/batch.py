@@ -17,9 +17,9 @@ from esrgan_cli.cli.common import ProgressBar, debug_traceback, notes_line, say
 from esrgan_cli.errors import EsrganError
 
 if TYPE_CHECKING:
-    from esrgan_cli.batch import BatchOptions, BatchPlan, Job, Outcome
+    from esrgan_cli.batch.cluster.driver import ClusterOptions
+    from esrgan_cli.batch.journal import BatchOptions, BatchPlan, Job, Outcome
     from esrgan_cli.cli.upscale import Run
-    from esrgan_cli.cluster import ClusterOptions
 
 
 @dataclass
@@ -48,8 +48,8 @@ class Tally:
 
 def upscale_many(paths: tuple[str, ...], outdir: Path, run: Run, batch: BatchOptions,
                  cluster: ClusterOptions | None) -> None:
-    from esrgan_cli.atomic import folder_lock
-    from esrgan_cli.batch import collect_jobs
+    from esrgan_cli.batch.journal import collect_jobs
+    from esrgan_cli.files import folder_lock
 
     if outdir.exists() and not outdir.is_dir():
         raise EsrganError(f"{outdir}: not a folder (with several inputs, -o names the output folder)")
@@ -66,10 +66,10 @@ def upscale_many(paths: tuple[str, ...], outdir: Path, run: Run, batch: BatchOpt
 
 
 def _run_here(jobs: Sequence[Job], ignored: int, outdir: Path, run: Run, batch: BatchOptions) -> None:
-    from esrgan_cli.batch import Journal, pixel_options, plan_batch, run_batch
+    from esrgan_cli.batch.journal import Journal, pixel_options, plan_batch, run_batch
     from esrgan_cli.cli.upscale import load_upscaler
-    from esrgan_cli.hashing import sha256_of
-    from esrgan_cli.pipeline import batch_stages
+    from esrgan_cli.files import sha256_of
+    from esrgan_cli.upscale.pipeline import batch_stages
 
     upscaler, source = load_upscaler(run)
     model_sha = sha256_of(upscaler.weights.path)
@@ -90,12 +90,12 @@ def _run_distributed(jobs: Sequence[Job], ignored: int, outdir: Path, run: Run, 
                      cluster: ClusterOptions) -> None:
     """The driver: replicas load the model the driver checked and sent them; the first to start tells the
     precision, which the journal's pixel options include."""
-    from esrgan_cli.batch import Journal, pixel_options, plan_batch
-    from esrgan_cli.cluster import Journaling, open_driver
-    from esrgan_cli.cluster_worker import WorkerConfig
-    from esrgan_cli.hashing import sha256_of
-    from esrgan_cli.registry import load_registry, resolve_model
-    from esrgan_cli.weights import load_weights
+    from esrgan_cli.batch.cluster.driver import Journaling, open_driver
+    from esrgan_cli.batch.cluster.worker import WorkerConfig
+    from esrgan_cli.batch.journal import Journal, pixel_options, plan_batch
+    from esrgan_cli.files import sha256_of
+    from esrgan_cli.model.registry import load_registry, resolve_model
+    from esrgan_cli.model.weights import load_weights
 
     registry = load_registry()
     source = run.model or registry.default
@@ -126,7 +126,7 @@ def _run_distributed(jobs: Sequence[Job], ignored: int, outdir: Path, run: Run, 
 def _execute(plan: BatchPlan, outdir: Path, run: Run, batch: BatchOptions, model: tuple[str, str],
              execute: Callable[[Callable[[Outcome], None], Callable[[str], None]], None]) -> None:
     """Run the plan with progress and per-file lines, then the report, the summary and the exit code."""
-    from esrgan_cli.batch import write_report
+    from esrgan_cli.batch.journal import write_report
 
     if not run.quiet and (plan.skipped or plan.ignored):
         say(f"{len(plan.skipped)} already done (journal in {outdir}), {plan.ignored} non-image files ignored")

@@ -14,10 +14,10 @@ from esrgan_cli.defaults import DEFAULT_MAX_OUTPUT_PIXELS, DEFAULT_OVERLAP, DEFA
 from esrgan_cli.errors import EsrganError, naming
 
 if TYPE_CHECKING:
-    from esrgan_cli.cluster import ClusterOptions
-    from esrgan_cli.device import Precision
-    from esrgan_cli.engine import Upscaler
-    from esrgan_cli.pipeline import AlphaLoss, AlphaMode, UpscaleOptions
+    from esrgan_cli.batch.cluster.driver import ClusterOptions
+    from esrgan_cli.upscale.device import Precision
+    from esrgan_cli.upscale.engine import Upscaler
+    from esrgan_cli.upscale.pipeline import AlphaLoss, AlphaMode, UpscaleOptions
 
 
 def register(group: click.Group) -> None:
@@ -90,8 +90,8 @@ def upscale(
       esrgan upscale 'shots/*.jpg' extra.png -o out/ --suffix _x4
       esrgan upscale archive/ -o big/ -r --ray HEAD:6379 --workers 8
     """
-    from esrgan_cli.batch import BatchOptions
-    from esrgan_cli.pipeline import UpscaleOptions
+    from esrgan_cli.batch.journal import BatchOptions
+    from esrgan_cli.upscale.pipeline import UpscaleOptions
 
     options = UpscaleOptions(tile=tile, overlap=overlap, outscale=outscale, alpha=cast("AlphaMode", alpha_mode),
                              alpha_loss=cast("AlphaLoss", alpha_loss),
@@ -113,7 +113,7 @@ def upscale(
 
 def _cluster(address: str | None, workers: int | None, device: str, quiet: bool) -> ClusterOptions | None:
     """Where a batch's replicas run: a Ray cluster, one process per GPU here, or (None) this process."""
-    from esrgan_cli.cluster import ClusterOptions
+    from esrgan_cli.batch.cluster.driver import ClusterOptions
 
     if address is not None:
         if not address.strip():
@@ -121,7 +121,7 @@ def _cluster(address: str | None, workers: int | None, device: str, quiet: bool)
         return ClusterOptions(address=address.strip(), workers=workers)
     if workers is None or workers == 1:
         return None
-    from esrgan_cli.cluster_local import local_gpus
+    from esrgan_cli.batch.cluster.localpool import local_gpus
 
     gpus = local_gpus(device)
     if len(gpus) < 2:
@@ -170,7 +170,7 @@ class Run:
 def load_upscaler(run: Run) -> tuple[Upscaler, str]:
     """The model on its device, and the name it goes by in messages."""
     from esrgan_cli.api import load_model
-    from esrgan_cli.registry import load_registry
+    from esrgan_cli.model.registry import load_registry
 
     source = run.model or load_registry().default
     upscaler = load_model(source, run.device, run.precision)
@@ -180,9 +180,9 @@ def load_upscaler(run: Run) -> tuple[Upscaler, str]:
 
 
 def _upscale_one(input_path: Path, output_path: Path, run: Run) -> None:
-    from esrgan_cli.atomic import check_output
-    from esrgan_cli.imageio import output_format, read_image, write_image
-    from esrgan_cli.pipeline import reads_all_frames, upscale_file
+    from esrgan_cli.files import check_output
+    from esrgan_cli.image.encode import output_format, read_image, write_image
+    from esrgan_cli.upscale.pipeline import reads_all_frames, upscale_file
 
     check_output(input_path, output_path)
     fmt = output_format(output_path)

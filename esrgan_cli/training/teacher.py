@@ -19,9 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from esrgan_cli.atomic import atomic_write
-from esrgan_cli.hashing import sha256_of
-from esrgan_cli.training.kernels import unsharp_mask
+from esrgan_cli.degrade.kernels import unsharp_mask
+from esrgan_cli.files import atomic_write, sha256_of
 from esrgan_cli.training.runtime import TrainError
 
 CACHE_FORMAT = 1  # bumped whenever what a cache file holds changes meaning
@@ -129,8 +128,8 @@ def make_target(lr: torch.Tensor, hr: torch.Tensor, *, sharpen: bool, teacher: T
 
 def load_teacher(spec: str, scale: int, device: torch.device) -> tuple[nn.Module, str]:
     """The teacher model `spec` (a registry name, a weights file or hf:...) on `device`, and its file's sha256."""
-    from esrgan_cli.registry import resolve_model
-    from esrgan_cli.weights import build_model, load_weights
+    from esrgan_cli.model.registry import resolve_model
+    from esrgan_cli.model.weights import build_model, load_weights
 
     path = resolve_model(spec).path
     weights = load_weights(path)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from esrgan_cli.errors import WeightsError
-from esrgan_cli.weights import LoadedWeights, build_model
+from esrgan_cli.model.weights import LoadedWeights, build_model
 
 # Flat patches this large put their centre beyond the reach of the model's zero padding (measured: the centre of a
 # 32-pixel patch already matches a 160-pixel one within 1e-6 for both bundled compact models).

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
+from esrgan_cli.batch.jobs import JobList, list_jobs
 from esrgan_cli.errors import DiskFullError, EsrganError
-from esrgan_cli.hashing import sha256_of
-from esrgan_cli.listing import JobList, list_jobs
+from esrgan_cli.files import sha256_of
 
 JOURNAL_NAME = ".esrgan-journal.jsonl"
 
@@ -91,7 +91,7 @@ def plan_batch(
 def write_report(path: Path, plan: BatchPlan, outcomes: Sequence[Outcome], model: str, model_sha256: str,
                  seconds: float) -> None:
     """The `--report` JSON: done, skipped and failed files, the model, and the throughput."""
-    from esrgan_cli.atomic import atomic_write
+    from esrgan_cli.files import atomic_write
 
     done = [o for o in outcomes if not o.error]
     mpx = sum(o.megapixels for o in done)
@@ -161,7 +161,7 @@ class Journal:
 
     def _append(self, line: bytes) -> None:
         """Append one whole line, or nothing: a write that fails (a full disk) is cut back off."""
-        from esrgan_cli.atomic import write_failure
+        from esrgan_cli.files import write_failure
 
         try:
             with open(self.path, "a+b", buffering=0) as f:

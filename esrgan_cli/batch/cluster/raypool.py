@@ -19,12 +19,12 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
-from esrgan_cli.cluster import ClusterError, ClusterOptions, RayMissingError, Ready, Result
-from esrgan_cli.cluster_worker import Replica, Task, WorkerConfig
+from esrgan_cli.batch.cluster.driver import ClusterError, ClusterOptions, RayMissingError, Ready, Result
+from esrgan_cli.batch.cluster.worker import Replica, Task, WorkerConfig
 from esrgan_cli.errors import first_line
 
 if TYPE_CHECKING:
-    from esrgan_cli.weights import LoadedWeights
+    from esrgan_cli.model.weights import LoadedWeights
 
 INSTALL_HINT = 'pip install "esrgan[ray]"'
 

@@ -1,8 +1,9 @@
-"""Writing outputs so that nothing half-written is ever seen: a temp file beside the target, then a rename."""
+"""Files on disk: atomic writes (a temp file beside the target, then a rename), the folder lock, and checksums."""
 
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import tempfile
 import threading
@@ -131,3 +132,11 @@ def folder_lock(folder: Path) -> Iterator[Path]:
         yield path
     finally:
         os.close(fd)
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

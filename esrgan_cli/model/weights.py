@@ -13,9 +13,10 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load, save_file
 
-from esrgan_cli.arch import RRDBConfig, RRDBNet
-from esrgan_cli.atomic import atomic_write
-from esrgan_cli.checkpoint import (
+from esrgan_cli.errors import WeightsError, first_line
+from esrgan_cli.files import atomic_write, sha256_of
+from esrgan_cli.model.arch import RRDBConfig, RRDBNet
+from esrgan_cli.model.layouts import (
     StateDict,
     canonical_state_dict,
     check_matches,
@@ -23,8 +24,6 @@ from esrgan_cli.checkpoint import (
     describe,
     resolve_config,
 )
-from esrgan_cli.errors import WeightsError, first_line
-from esrgan_cli.hashing import sha256_of
 
 PICKLE_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin")
 META_ARCH = "esrgan.arch"

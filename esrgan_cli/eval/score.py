@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 
 from esrgan_cli.defaults import DEFAULT_OVERLAP
-from esrgan_cli.engine import Upscaler
 from esrgan_cli.errors import EsrganError, ImageReadError
-from esrgan_cli.imageio import image_files, read_image, to_uint8
-from esrgan_cli.metrics import psnr_y, ssim_y
-from esrgan_cli.resize import imresize, modcrop
+from esrgan_cli.eval.metrics import psnr_y, ssim_y
+from esrgan_cli.image.encode import image_files, read_image, to_uint8
+from esrgan_cli.image.resize import imresize, modcrop
+from esrgan_cli.upscale.engine import Upscaler
 
 Upscale = Callable[[np.ndarray], np.ndarray]
 """An H×W×3 uint8 image → (H·s)×(W·s)×3 uint8."""

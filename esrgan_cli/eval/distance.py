@@ -20,7 +20,7 @@ import torch
 from torch.nn import functional as F
 
 from esrgan_cli.errors import ModelNotFoundError
-from esrgan_cli.training.perceptual import (
+from esrgan_cli.model.vgg import (
     LAYERS,
     VGG19_HUB,
     Convention,
@@ -149,7 +149,7 @@ def load_distance(weights: str | Path, convention: InputConvention = "auto", dev
     imagenet-rgb or caffe-bgr, as the trainer's --perceptual-input."""
     config = config or DistanceConfig()
     if str(weights) == "hub":
-        from esrgan_cli.registry import fetch
+        from esrgan_cli.model.registry import fetch
 
         path = fetch(VGG19_HUB, "the VGG19 weights for the perceptual distance",
                      offline_hint="pass --perceptual-weights PATH (a VGG19 file), or none")
@@ -167,6 +167,6 @@ def load_distance(weights: str | Path, convention: InputConvention = "auto", dev
 
 def hub_weights_cached() -> bool:
     """Whether the trainer's default VGG19 is already in the Hugging Face cache (usable without a download)."""
-    from esrgan_cli.registry import is_cached
+    from esrgan_cli.model.registry import is_cached
 
     return is_cached(VGG19_HUB)

@@ -15,13 +15,12 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 import numpy as np
 from PIL import Image
 
-from esrgan_cli.animation import MULTI_FRAME_FORMATS, Animation, check_frames, uniform_modes
-from esrgan_cli.atomic import write_failure
-from esrgan_cli.batch import Job, Journal, Stages, Written
+from esrgan_cli.batch.journal import Job, Journal, Stages, Written
 from esrgan_cli.defaults import DEFAULT_MAX_OUTPUT_PIXELS, DEFAULT_OVERLAP
 from esrgan_cli.errors import EsrganError, ImageReadError, naming
-from esrgan_cli.hashing import sha256_of
-from esrgan_cli.imageio import (
+from esrgan_cli.files import sha256_of, write_failure
+from esrgan_cli.image.animation import MULTI_FRAME_FORMATS, Animation, check_frames, uniform_modes
+from esrgan_cli.image.encode import (
     LoadedImage,
     compose,
     from_pil,
@@ -34,7 +33,7 @@ from esrgan_cli.imageio import (
 )
 
 if TYPE_CHECKING:
-    from esrgan_cli.engine import Upscaler
+    from esrgan_cli.upscale.engine import Upscaler
 
 Progress = Callable[[int, int], None]
 """(input pixels just finished, total input pixels of this image)"""

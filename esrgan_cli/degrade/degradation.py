@@ -24,8 +24,8 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from esrgan_cli.training.jpeg import jpeg
-from esrgan_cli.training.kernels import (
+from esrgan_cli.degrade.jpeg import jpeg
+from esrgan_cli.degrade.kernels import (
     GAUSSIAN,
     GENERALIZED,
     PLATEAU,

@@ -19,11 +19,11 @@ from typing import TYPE_CHECKING, overload
 from esrgan_cli.defaults import FORMAT_SUFFIXES, IMAGE_SUFFIXES
 
 if TYPE_CHECKING:
-    from esrgan_cli.batch import Job
+    from esrgan_cli.batch.journal import Job
 
 
 def _batch_error(message: str) -> Exception:
-    from esrgan_cli.batch import BatchError
+    from esrgan_cli.batch.journal import BatchError
 
     return BatchError(message)
 
@@ -68,7 +68,7 @@ class JobList(Sequence["Job"]):
         return Path(self._roots[self._root_of[i]], self._rels[i])
 
     def job(self, i: int) -> Job:
-        from esrgan_cli.batch import Job
+        from esrgan_cli.batch.journal import Job
 
         key = self.key(i)
         return Job(self.src(i), self.outdir / key, key)

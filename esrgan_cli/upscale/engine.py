@@ -18,9 +18,11 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from esrgan_cli.arch import TAIL_REACH, RRDBNet
 from esrgan_cli.defaults import DEFAULT_OVERLAP, EDGE_PAD, LUMA_WEIGHTS
-from esrgan_cli.device import (
+from esrgan_cli.errors import WeightsError
+from esrgan_cli.model.arch import TAIL_REACH, RRDBNet
+from esrgan_cli.model.weights import LoadedWeights, build_model
+from esrgan_cli.upscale.device import (
     Placement,
     auto_tile,
     choose_placement,
@@ -28,8 +30,7 @@ from esrgan_cli.device import (
     tail_bytes_per_pixel,
     trunk_bytes_per_pixel,
 )
-from esrgan_cli.errors import WeightsError
-from esrgan_cli.tiling import (
+from esrgan_cli.upscale.tiling import (
     ENSEMBLE,
     Region,
     StagedTile,
@@ -43,7 +44,6 @@ from esrgan_cli.tiling import (
     take_reflected,
     to_canvas_dtype,
 )
-from esrgan_cli.weights import LoadedWeights, build_model
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -98,7 +98,7 @@ class Upscaler:
 
         `tile`: None picks tiles from the memory budget, 0 runs whole; `overlap`: context around trunk tiles
         (default 48); `outscale`: a final scale other than the model's, by Lanczos; `tta`: 8-fold self-ensemble."""
-        from esrgan_cli.pipeline import UpscaleOptions, upscale_any
+        from esrgan_cli.upscale.pipeline import UpscaleOptions, upscale_any
 
         options = UpscaleOptions(tile=tile, overlap=overlap, outscale=outscale, tta=tta, max_output_pixels=0)
         return upscale_any(self, image, options)

@@ -16,13 +16,13 @@ import traceback
 from multiprocessing.connection import Connection, wait
 from typing import TYPE_CHECKING, Any
 
-from esrgan_cli.cluster import ClusterOptions, Ready, Result
-from esrgan_cli.cluster_worker import Replica, Task, WorkerConfig
+from esrgan_cli.batch.cluster.driver import ClusterOptions, Ready, Result
+from esrgan_cli.batch.cluster.worker import Replica, Task, WorkerConfig
 
 if TYPE_CHECKING:
     from multiprocessing.process import BaseProcess
 
-    from esrgan_cli.weights import LoadedWeights
+    from esrgan_cli.model.weights import LoadedWeights
 
 
 def local_gpus(device: str) -> list[str]:

@@ -9,8 +9,8 @@ from typing import Literal
 
 import torch
 
-from esrgan_cli.arch import RRDBConfig
 from esrgan_cli.errors import DeviceError
+from esrgan_cli.model.arch import RRDBConfig
 
 Precision = Literal["auto", "fp32", "fp16", "bf16"]
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}

@@ -17,8 +17,8 @@ from typing import Literal
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from esrgan_cli.capture import decoder_messages, summarise
 from esrgan_cli.errors import EsrganError, ImageReadError, first_line
+from esrgan_cli.image.capture import decoder_messages, summarise
 
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error, IndexError)
 _SIXTEEN = ("I;16", "I;16L", "I;16B", "I;16N", "I")

@@ -6,9 +6,9 @@ from dataclasses import fields
 
 import torch
 
-from esrgan_cli.checkpoint import StateDict
 from esrgan_cli.errors import WeightsError
-from esrgan_cli.weights import LoadedWeights
+from esrgan_cli.model.layouts import StateDict
+from esrgan_cli.model.weights import LoadedWeights
 
 
 def check_compatible(a: LoadedWeights, b: LoadedWeights) -> None:

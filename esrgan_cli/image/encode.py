@@ -13,12 +13,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from esrgan_cli.animation import Animation, save_params
-from esrgan_cli.atomic import atomic_write
-from esrgan_cli.decode import LoadedImage, from_pil, read_image
 from esrgan_cli.defaults import FORMATS, LUMA_WEIGHTS
 from esrgan_cli.errors import ImageWriteError, first_line
-from esrgan_cli.tiling import to_canvas_dtype
+from esrgan_cli.files import atomic_write
+from esrgan_cli.image.animation import Animation, save_params
+from esrgan_cli.image.decode import LoadedImage, from_pil, read_image
+from esrgan_cli.upscale.tiling import to_canvas_dtype
 
 __all__ = ["LoadedImage", "from_pil", "read_image"]  # decoding lives in decode.py; re-exported for callers
 

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from esrgan_cli.decode import Disposal, Frames
 from esrgan_cli.errors import ImageWriteError
+from esrgan_cli.image.decode import Disposal, Frames
 
 MULTI_FRAME_FORMATS = frozenset({"GIF", "WEBP", "PNG", "TIFF"})
 _GIF_DISPOSAL: dict[Disposal, int] = {"none": 1, "background": 2, "previous": 3}

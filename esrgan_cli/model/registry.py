@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from esrgan_cli.arch import RRDBConfig
 from esrgan_cli.errors import ChecksumError, ModelNotFoundError, first_line
-from esrgan_cli.weights import load_weights, save_safetensors, sha256_of
+from esrgan_cli.model.arch import RRDBConfig
+from esrgan_cli.model.weights import load_weights, save_safetensors, sha256_of
 
 
 @dataclass(frozen=True)

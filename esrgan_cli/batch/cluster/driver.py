@@ -21,13 +21,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from esrgan_cli.batch import Job, Journal, Outcome
-from esrgan_cli.cluster_worker import Record, ReplicaInfo, Task
+from esrgan_cli.batch.cluster.worker import Record, ReplicaInfo, Task
+from esrgan_cli.batch.journal import Job, Journal, Outcome
 from esrgan_cli.errors import EsrganError
 
 if TYPE_CHECKING:
-    from esrgan_cli.cluster_worker import WorkerConfig
-    from esrgan_cli.weights import LoadedWeights
+    from esrgan_cli.batch.cluster.worker import WorkerConfig
+    from esrgan_cli.model.weights import LoadedWeights
 
 
 class ClusterError(EsrganError):
@@ -259,11 +259,11 @@ def open_driver(options: ClusterOptions, weights: LoadedWeights, config: WorkerC
     """Connect to the cluster (or start local processes) and start the replicas."""
     pool: Pool
     if options.address is not None:
-        from esrgan_cli.cluster_ray import open_ray_pool
+        from esrgan_cli.batch.cluster.raypool import open_ray_pool
 
         pool, workers = open_ray_pool(options, weights, config)
     else:
-        from esrgan_cli.cluster_local import open_process_pool
+        from esrgan_cli.batch.cluster.localpool import open_process_pool
 
         pool, workers = open_process_pool(options, weights, config)
     try:

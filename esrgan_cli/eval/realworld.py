@@ -7,8 +7,8 @@ import hashlib
 
 import numpy as np
 
-from esrgan_cli.evaluate import Degradation
-from esrgan_cli.training.degradation import DegradationConfig
+from esrgan_cli.degrade.degradation import DegradationConfig
+from esrgan_cli.eval.score import Degradation
 
 
 def image_number(name: str) -> int:
@@ -22,7 +22,7 @@ def real_degradation(seed: int, config: DegradationConfig | None = None) -> Degr
     `image_number(NAME)` of a run with `seed`, so the set is the same for everyone with the same HR files."""
     import torch
 
-    from esrgan_cli.training.degradation import degrade, draw_batch, draw_sample
+    from esrgan_cli.degrade.degradation import degrade, draw_batch, draw_sample
 
     settings = config or DegradationConfig()
 

@@ -16,13 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from esrgan_cli.batch import Job
+from esrgan_cli.batch.journal import Job
 from esrgan_cli.errors import EsrganError, ImageReadError
 
 if TYPE_CHECKING:
-    from esrgan_cli.batch import Stages
-    from esrgan_cli.pipeline import UpscaleOptions
-    from esrgan_cli.weights import LoadedWeights
+    from esrgan_cli.batch.journal import Stages
+    from esrgan_cli.model.weights import LoadedWeights
+    from esrgan_cli.upscale.pipeline import UpscaleOptions
 
 
 @dataclass(frozen=True)
@@ -87,9 +87,9 @@ class Replica:
         try:
             import torch
 
-            from esrgan_cli.device import choose_placement
-            from esrgan_cli.engine import Upscaler
-            from esrgan_cli.pipeline import batch_stages
+            from esrgan_cli.upscale.device import choose_placement
+            from esrgan_cli.upscale.engine import Upscaler
+            from esrgan_cli.upscale.pipeline import batch_stages
 
             if config.threads > 0:
                 torch.set_num_threads(config.threads)
@@ -106,8 +106,8 @@ class Replica:
 
     def run(self, task: Task) -> Record:
         """Upscale one file. An expected failure becomes the record's error; anything else is a bug and raises."""
-        from esrgan_cli.batch import Written
-        from esrgan_cli.hashing import sha256_of
+        from esrgan_cli.batch.journal import Written
+        from esrgan_cli.files import sha256_of
 
         stages = self._stages
         if stages is None:
