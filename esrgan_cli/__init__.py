@@ -27,7 +27,7 @@ from esrgan_cli.errors import (
 if TYPE_CHECKING:
     from esrgan_cli.api import ModelInfo, available_models, load_model
     from esrgan_cli.model.weights import LoadedWeights
-    from esrgan_cli.upscale.engine import Upscaler
+    from esrgan_cli.upscale.upscaler import Upscaler
 
 __version__ = "0.1.0"
 

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
     from esrgan_cli.model.weights import LoadedWeights
     from esrgan_cli.upscale.device import Precision
-    from esrgan_cli.upscale.engine import Upscaler
+    from esrgan_cli.upscale.upscaler import Upscaler
 
 
 
@@ -49,10 +49,10 @@ def load_model(
     elsewhere), fp32, fp16 or bf16. Raises an `EsrganError` subclass with a one-line message on failure."""
     import torch
 
-    from esrgan_cli.model.registry import load_registry, resolve_model
-    from esrgan_cli.model.weights import LoadedWeights, from_checkpoint, load_weights
+    from esrgan_cli.model.registry import load_named
+    from esrgan_cli.model.weights import LoadedWeights, from_checkpoint
     from esrgan_cli.upscale.device import choose_placement
-    from esrgan_cli.upscale.engine import Upscaler
+    from esrgan_cli.upscale.upscaler import Upscaler
 
     placement = choose_placement(device, precision)
     if isinstance(spec, LoadedWeights):
@@ -62,8 +62,7 @@ def load_model(
             raise WeightsError("a state dict must map names to tensors")
         weights = from_checkpoint(dict(spec))
     else:
-        registry = load_registry()
-        weights = load_weights(resolve_model(str(spec) if spec is not None else registry.default, registry).path)
+        weights = load_named(str(spec) if spec is not None else None)
     return Upscaler(weights, placement)
 
 

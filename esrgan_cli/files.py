@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from esrgan_cli.errors import DiskFullError, OutputWriteError, first_line
+from esrgan_cli.errors import DiskFullError, FolderBusyError, OutputWriteError, first_line
 
 _UMASK_LOCK = threading.Lock()
 FULL_ERRNOS = frozenset({errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG})
@@ -99,9 +99,6 @@ def atomic_write(path: Path) -> Iterator[Path]:
 
 LOCK_NAME = ".esrgan.lock"
 
-
-class FolderBusyError(OutputWriteError):
-    """Another esrgan batch is writing into the same output folder."""
 
 
 @contextmanager

@@ -11,8 +11,9 @@ from test_cli import esrgan
 
 from esrgan_cli.image.encode import output_format, read_image
 from esrgan_cli.model.weights import load_weights
-from esrgan_cli.upscale.engine import Upscaler, choose_placement
+from esrgan_cli.upscale.device import choose_placement
 from esrgan_cli.upscale.pipeline import UpscaleOptions, upscale_file
+from esrgan_cli.upscale.upscaler import Upscaler
 
 DURATIONS = [40, 70, 100]
 LOOP = 2

@@ -20,7 +20,7 @@ import esrgan_cli
 from esrgan_cli.model.arch import RRDBConfig
 from esrgan_cli.model.weights import LoadedWeights
 from esrgan_cli.upscale.device import Placement
-from esrgan_cli.upscale.engine import Upscaler
+from esrgan_cli.upscale.upscaler import Upscaler
 
 from conftest import ROOT, padded_forward, psnr, random_image, tiny_model
 

@@ -16,8 +16,10 @@ import pytest
 from PIL import Image
 from test_cli import esrgan
 
-from esrgan_cli.batch.journal import BatchError, Job, Journal, Stages, collect_jobs, run_batch
-from esrgan_cli.errors import EsrganError
+from esrgan_cli.batch.jobs import Job, list_jobs
+from esrgan_cli.batch.journal import Journal
+from esrgan_cli.batch.runner import Stages, run_batch
+from esrgan_cli.errors import BatchError, EsrganError
 from esrgan_cli.files import sha256_of
 from esrgan_cli.model.arch import RRDBConfig
 from esrgan_cli.model.weights import save_safetensors
@@ -45,12 +47,12 @@ def tree(tmp_path: Path) -> Path:
 
 
 def test_collect_mirrors_the_tree_and_ignores_non_images(tree: Path, tmp_path: Path) -> None:
-    jobs, ignored = collect_jobs([str(tree)], tmp_path / "out", recursive=True)
+    jobs, ignored = list_jobs([str(tree)], tmp_path / "out", recursive=True)
     assert sorted(j.key for j in jobs) == ["a/b/corrupt.png", "a/b/deep.png", "a/mid.png", "a/photo.jpg", "top.png"]
     assert ignored == 1
-    flat, _ = collect_jobs([str(tree)], tmp_path / "out", recursive=False)
+    flat, _ = list_jobs([str(tree)], tmp_path / "out", recursive=False)
     assert [j.key for j in flat] == ["top.png"]
-    renamed, _ = collect_jobs([str(tree)], tmp_path / "out", recursive=True, fmt="webp", suffix="_x4")
+    renamed, _ = list_jobs([str(tree)], tmp_path / "out", recursive=True, fmt="webp", suffix="_x4")
     assert "a/photo_x4.webp" in {j.key for j in renamed}
 
 
@@ -58,19 +60,19 @@ def test_collisions_are_found_before_any_work(tmp_path: Path) -> None:
     save_png(tmp_path / "in" / "pic.png")
     save_png(tmp_path / "in" / "pic.jpg")
     with pytest.raises(BatchError, match="would both write"):
-        collect_jobs([str(tmp_path / "in")], tmp_path / "out", fmt="png")
+        list_jobs([str(tmp_path / "in")], tmp_path / "out", fmt="png")
     with pytest.raises(BatchError, match="overwrite the input"):
-        collect_jobs([str(tmp_path / "in" / "pic.png")], tmp_path / "in")
+        list_jobs([str(tmp_path / "in" / "pic.png")], tmp_path / "in")
 
 
 def test_globs_duplicates_and_outputs_inside_the_input(tmp_path: Path) -> None:
     a = save_png(tmp_path / "a.png")
     save_png(tmp_path / "b.png")
     save_png(tmp_path / "out" / "old_result.png")
-    jobs, _ = collect_jobs([str(tmp_path / "*.png"), str(a), str(tmp_path)], tmp_path / "out", recursive=True)
+    jobs, _ = list_jobs([str(tmp_path / "*.png"), str(a), str(tmp_path)], tmp_path / "out", recursive=True)
     assert sorted(j.key for j in jobs) == ["a.png", "b.png"]
     with pytest.raises(BatchError, match="no files match"):
-        collect_jobs([str(tmp_path / "*.gif")], tmp_path / "out")
+        list_jobs([str(tmp_path / "*.gif")], tmp_path / "out")
 
 
 def test_journal_validity(tmp_path: Path) -> None:

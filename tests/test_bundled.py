@@ -19,7 +19,8 @@ from esrgan_cli.eval.metrics import y_channel
 from esrgan_cli.eval.score import pair_images, score_pairs, summarize, with_upscaler
 from esrgan_cli.model.registry import BundledFile, load_registry, resolve_model, weights_dir
 from esrgan_cli.model.weights import load_weights
-from esrgan_cli.upscale.engine import Upscaler, choose_placement
+from esrgan_cli.upscale.device import choose_placement
+from esrgan_cli.upscale.upscaler import Upscaler
 
 from conftest import ROOT, WAIT_S
 

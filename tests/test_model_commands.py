@@ -16,7 +16,8 @@ from esrgan_cli.image.encode import read_image
 from esrgan_cli.model.arch import RRDBConfig
 from esrgan_cli.model.blend import parse_alphas
 from esrgan_cli.model.weights import load_weights, save_safetensors, sha256_of
-from esrgan_cli.upscale.engine import Upscaler, choose_placement
+from esrgan_cli.upscale.device import choose_placement
+from esrgan_cli.upscale.upscaler import Upscaler
 
 from conftest import random_image, run_upscaler, tiny_model
 

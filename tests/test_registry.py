@@ -264,7 +264,8 @@ def test_an_x2_real_esrgan_checkpoint_downloads_converts_and_runs(hub, tmp_path:
     """The x2plus layout: BasicSR keys in params_ema, conv_first on the 2×2 pixel-unshuffled image (12 planes)."""
     import numpy as np
 
-    from esrgan_cli.upscale.engine import Upscaler, choose_placement
+    from esrgan_cli.upscale.device import choose_placement
+    from esrgan_cli.upscale.upscaler import Upscaler
 
     files, _ = hub
     model = tiny_model(RRDBConfig(num_feat=8, num_block=1, num_grow=4, scale=2))

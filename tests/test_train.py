@@ -20,6 +20,7 @@ from test_cli import assert_one_line_error, esrgan
 from torch.utils.data import DataLoader
 
 from esrgan_cli.cli import train as cli_train
+from esrgan_cli.errors import TrainError
 from esrgan_cli.eval.distance import unit_distance
 from esrgan_cli.eval.score import pair_images, score_pairs, summarize, with_upscaler
 from esrgan_cli.image.resize import imresize
@@ -29,9 +30,9 @@ from esrgan_cli.model.weights import LoadedWeights, load_weights
 from esrgan_cli.training.build import build_trainer
 from esrgan_cli.training.config import PerceptualInput, PerceptualLoss, Precision, Stage, TrainConfig, WeightInit
 from esrgan_cli.training.data import ImageSet, IterationSampler, PatchPairs, augment
-from esrgan_cli.training.runtime import TrainError
 from esrgan_cli.training.state import read_state
-from esrgan_cli.upscale.engine import Placement, Upscaler
+from esrgan_cli.upscale.device import Placement
+from esrgan_cli.upscale.upscaler import Upscaler
 
 from conftest import ROOT, WAIT_S, default_sigint, random_image, wait_until
 

@@ -22,12 +22,12 @@ from test_train import TINY_ARGS, _config, _write_images
 from esrgan_cli.cli import train_real
 from esrgan_cli.degrade.degradation import DegradationConfig
 from esrgan_cli.degrade.kernels import unsharp_mask
+from esrgan_cli.errors import TrainError
 from esrgan_cli.model.arch import RRDBConfig
 from esrgan_cli.model.weights import save_safetensors
 from esrgan_cli.training.build import build_trainer
 from esrgan_cli.training.config import Degradation, Discriminator, TrainConfig
 from esrgan_cli.training.discriminator import UNetDiscriminator
-from esrgan_cli.training.runtime import TrainError
 from esrgan_cli.training.teacher import CacheKey, Teacher, TeacherCache, make_target
 
 from conftest import ROOT, WAIT_S, default_sigint, tiny_model, wait_until

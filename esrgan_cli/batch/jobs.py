@@ -13,19 +13,21 @@ import glob
 import os
 from array import array
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, overload
+from typing import overload
 
 from esrgan_cli.defaults import FORMAT_SUFFIXES, IMAGE_SUFFIXES
-
-if TYPE_CHECKING:
-    from esrgan_cli.batch.journal import Job
+from esrgan_cli.errors import BatchError
 
 
-def _batch_error(message: str) -> Exception:
-    from esrgan_cli.batch.journal import BatchError
+@dataclass(frozen=True)
+class Job:
+    """One input file and the output it becomes."""
 
-    return BatchError(message)
+    src: Path
+    dst: Path
+    key: str  # the output's path relative to OUTDIR, as recorded in the journal
 
 
 def _suffix(name: str) -> str:
@@ -68,8 +70,6 @@ class JobList(Sequence["Job"]):
         return Path(self._roots[self._root_of[i]], self._rels[i])
 
     def job(self, i: int) -> Job:
-        from esrgan_cli.batch.journal import Job
-
         key = self.key(i)
         return Job(self.src(i), self.outdir / key, key)
 
@@ -111,11 +111,11 @@ def _expand(arg: str) -> list[Path]:
     if glob.has_magic(arg):
         matches = sorted(glob.glob(arg, recursive=True))
         if not matches:
-            raise _batch_error(f"{arg}: no files match")
+            raise BatchError(f"{arg}: no files match")
         return [Path(m) for m in matches]
     path = Path(arg)
     if not path.exists():
-        raise _batch_error(f"{arg}: no such file or folder")
+        raise BatchError(f"{arg}: no such file or folder")
     return [path]
 
 
@@ -184,7 +184,7 @@ class _Walk:
                 names = sorted(it, key=lambda e: e.name)
         except OSError as e:
             if must:
-                raise _batch_error(f"{path}: cannot list ({e.strerror or e})") from None
+                raise BatchError(f"{path}: cannot list ({e.strerror or e})") from None
             return None
         return iter(names)
 
@@ -208,7 +208,7 @@ def list_jobs(
     del walk, keep
     _check_outputs(jobs, ids, outdir)
     if not len(jobs):
-        raise _batch_error("no images to process (known extensions: " + ", ".join(IMAGE_SUFFIXES) + ")")
+        raise BatchError("no images to process (known extensions: " + ", ".join(IMAGE_SUFFIXES) + ")")
     return jobs, ignored
 
 
@@ -269,4 +269,4 @@ def _check_outputs(jobs: JobList, ids: Sequence[int], outdir: Path) -> None:
                             "or --suffix")
                 break
     if first is not None:
-        raise _batch_error(first[1])
+        raise BatchError(first[1])

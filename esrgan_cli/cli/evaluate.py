@@ -150,11 +150,10 @@ def _upscaler(model: str, scale: int | None, tile: int | None, placement: Placem
     if model == "bicubic":
         s = scale or 4
         return bicubic(s), s, "bicubic"
-    from esrgan_cli.model.registry import resolve_model
-    from esrgan_cli.model.weights import load_weights
-    from esrgan_cli.upscale.engine import Upscaler
+    from esrgan_cli.model.registry import load_named
+    from esrgan_cli.upscale.upscaler import Upscaler
 
-    weights = load_weights(resolve_model(model).path)
+    weights = load_named(model)
     if scale is not None and scale != weights.config.scale:
         raise click.UsageError(f"--scale {scale} differs from the model's x{weights.config.scale}")
     upscaler = Upscaler(weights, placement)

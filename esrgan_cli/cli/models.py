@@ -95,10 +95,9 @@ def blend(model_a: str, model_b: str, alpha_text: str, output_path: Path, extrap
 
 
 def _load_model(spec: str) -> LoadedWeights:
-    from esrgan_cli.model.registry import resolve_model
-    from esrgan_cli.model.weights import load_weights
+    from esrgan_cli.model.registry import load_named
 
-    return load_weights(resolve_model(spec).path)
+    return load_named(spec)
 
 
 def _write_preview(image_path: Path, models: list[LoadedWeights], alphas: list[float], output_path: Path, device: str,

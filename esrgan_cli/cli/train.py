@@ -129,7 +129,7 @@ def train(ctx: click.Context, stage: Stage, data: Path | None, run_dir: Path, va
     from esrgan_cli.training.config import TrainConfig
     from esrgan_cli.training.runtime import Distributed, init_distributed
     from esrgan_cli.training.state import STATE_FILE, stored_config
-    from esrgan_cli.upscale.engine import choose_placement
+    from esrgan_cli.upscale.device import choose_placement
 
     placement = choose_placement(device, "fp32")
     dist_ctx = Distributed.from_env()

@@ -3,21 +3,20 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
 import click
 
-from esrgan_cli.cli.common import ProgressBar, TileParam, notes_line, say
+from esrgan_cli.cli.common import ProgressBar, Run, TileParam, notes_line, say
 from esrgan_cli.defaults import DEFAULT_MAX_OUTPUT_PIXELS, DEFAULT_OVERLAP, DEFAULT_QUALITY, IMAGE_SUFFIXES
 from esrgan_cli.errors import EsrganError, naming
 
 if TYPE_CHECKING:
-    from esrgan_cli.batch.cluster.driver import ClusterOptions
+    from esrgan_cli.batch.cluster.protocol import ClusterOptions
     from esrgan_cli.upscale.device import Precision
-    from esrgan_cli.upscale.engine import Upscaler
-    from esrgan_cli.upscale.pipeline import AlphaLoss, AlphaMode, UpscaleOptions
+    from esrgan_cli.upscale.pipeline import AlphaLoss, AlphaMode
+    from esrgan_cli.upscale.upscaler import Upscaler
 
 
 def register(group: click.Group) -> None:
@@ -90,7 +89,7 @@ def upscale(
       esrgan upscale 'shots/*.jpg' extra.png -o out/ --suffix _x4
       esrgan upscale archive/ -o big/ -r --ray HEAD:6379 --workers 8
     """
-    from esrgan_cli.batch.journal import BatchOptions
+    from esrgan_cli.batch.plan import BatchOptions
     from esrgan_cli.upscale.pipeline import UpscaleOptions
 
     options = UpscaleOptions(tile=tile, overlap=overlap, outscale=outscale, alpha=cast("AlphaMode", alpha_mode),
@@ -107,13 +106,13 @@ def upscale(
         from esrgan_cli.cli.batch import upscale_many
 
         batch = BatchOptions(recursive=recursive, format=out_format, suffix=suffix, overwrite=overwrite,
-                             report=report)
-        upscale_many(paths, output_path, run, batch, _cluster(ray_address, workers, device, quiet))
+                             report=report, quality=quality, cluster=_cluster(ray_address, workers, device, quiet))
+        upscale_many(paths, output_path, run, batch)
 
 
 def _cluster(address: str | None, workers: int | None, device: str, quiet: bool) -> ClusterOptions | None:
     """Where a batch's replicas run: a Ray cluster, one process per GPU here, or (None) this process."""
-    from esrgan_cli.batch.cluster.driver import ClusterOptions
+    from esrgan_cli.batch.cluster.protocol import ClusterOptions
 
     if address is not None:
         if not address.strip():
@@ -153,18 +152,6 @@ def _is_single(paths: tuple[str, ...], output: Path) -> bool:
             param_hint="'-o'",
         )
     return True
-
-
-@dataclass(frozen=True)
-class Run:
-    """The options every upscale shares, single file or batch."""
-
-    model: str | None
-    device: str
-    precision: Precision
-    options: UpscaleOptions
-    quality: int
-    quiet: bool
 
 
 def load_upscaler(run: Run) -> tuple[Upscaler, str]:

@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 
 from esrgan_cli.defaults import DEFAULT_OVERLAP
-from esrgan_cli.errors import EsrganError, ImageReadError
+from esrgan_cli.errors import EsrganError, EvalDataError, ImageReadError
 from esrgan_cli.eval.metrics import psnr_y, ssim_y
 from esrgan_cli.image.encode import image_files, read_image, to_uint8
 from esrgan_cli.image.resize import imresize, modcrop
-from esrgan_cli.upscale.engine import Upscaler
+from esrgan_cli.upscale.upscaler import Upscaler
 
 Upscale = Callable[[np.ndarray], np.ndarray]
 """An H×W×3 uint8 image → (H·s)×(W·s)×3 uint8."""
@@ -33,9 +33,6 @@ the name), which keeps every image's LR the same whatever the set's order or siz
 Distance = Callable[[np.ndarray, np.ndarray], float]
 """A perceptual distance of two same-size H×W×3 uint8 images: 0 for equal images, lower is better."""
 
-
-class EvalDataError(EsrganError):
-    """The HR/LR folders cannot be paired."""
 
 
 @dataclass(frozen=True)

@@ -13,19 +13,18 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from esrgan_cli.defaults import FORMATS, LUMA_WEIGHTS
+from esrgan_cli.defaults import FORMATS
 from esrgan_cli.errors import ImageWriteError, first_line
 from esrgan_cli.files import atomic_write
 from esrgan_cli.image.animation import Animation, save_params
+from esrgan_cli.image.convert import luma, rounded, to_dtype
 from esrgan_cli.image.decode import LoadedImage, from_pil, read_image
-from esrgan_cli.upscale.tiling import to_canvas_dtype
 
 __all__ = ["LoadedImage", "from_pil", "read_image"]  # decoding lives in decode.py; re-exported for callers
 
 SIXTEEN_BIT_FORMATS = {"PNG", "TIFF"}
 ALPHA_FORMATS = {"PNG", "WEBP", "TIFF", "BMP", "GIF"}
 CMYK_FORMATS = {"JPEG", "TIFF"}
-_LUMA = np.array(LUMA_WEIGHTS, dtype=np.float32)
 
 
 def output_format(path: Path) -> str:
@@ -38,7 +37,7 @@ def output_format(path: Path) -> str:
 
 def to_uint8(rgb: np.ndarray) -> np.ndarray:
     """Float [0, 1] → 8-bit, rounded."""
-    return to_canvas_dtype(rgb, np.dtype(np.uint8))
+    return to_dtype(rgb, np.dtype(np.uint8))
 
 
 def image_files(folder: Path) -> list[Path]:
@@ -66,10 +65,8 @@ def to_gray(rgb: np.ndarray) -> np.ndarray:
     """H×W×3 canvas → H×W luma (BT.601), in the canvas's type."""
     out = np.empty(rgb.shape[:2], dtype=rgb.dtype)
     for top in range(0, rgb.shape[0], 256):  # in bands, so the float temporary stays small
-        luma = rgb[top : top + 256].astype(np.float32) @ _LUMA
-        if np.issubdtype(rgb.dtype, np.integer):
-            luma = np.clip(np.rint(luma), 0, np.iinfo(rgb.dtype).max)
-        out[top : top + 256] = luma
+        band = luma(rgb[top : top + 256])
+        out[top : top + 256] = rounded(band, rgb.dtype) if np.issubdtype(rgb.dtype, np.integer) else band
     return out
 
 
@@ -106,7 +103,7 @@ def compose(
     else:
         base = Image.fromarray(rgb)
     if alpha is not None and fmt in ALPHA_FORMATS:
-        a = Image.fromarray(np.clip(np.rint(alpha * 255), 0, 255).astype(np.uint8))
+        a = Image.fromarray(to_dtype(alpha, np.dtype(np.uint8)))
         base = base.convert("LA" if base.mode == "L" else "RGBA")
         base.putalpha(a)
         if fmt == "BMP":

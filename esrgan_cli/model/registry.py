@@ -21,7 +21,7 @@ from pathlib import Path
 
 from esrgan_cli.errors import ChecksumError, ModelNotFoundError, first_line
 from esrgan_cli.model.arch import RRDBConfig
-from esrgan_cli.model.weights import load_weights, save_safetensors, sha256_of
+from esrgan_cli.model.weights import LoadedWeights, load_weights, save_safetensors, sha256_of
 
 
 @dataclass(frozen=True)
@@ -135,6 +135,12 @@ def resolve_model(spec: str, registry: Registry | None = None) -> ResolvedModel:
     if path.exists():
         raise ModelNotFoundError(f"model {spec!r} is not a file")
     raise ModelNotFoundError(f"no model named {spec!r} and no such file (known models: {known})")
+
+
+def load_named(spec: str | None, registry: Registry | None = None) -> LoadedWeights:
+    """The weights a `--model` value names (None: the registry's default), downloaded and converted as needed."""
+    registry = registry or load_registry()
+    return load_weights(resolve_model(spec if spec is not None else registry.default, registry).path)
 
 
 def bundled_path(bundled: BundledFile, label: str) -> Path:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from esrgan_cli.errors import TrainError
 from esrgan_cli.eval.distance import UnitFeatures, distance_layers
 from esrgan_cli.eval.score import pair_images
 from esrgan_cli.model.arch import INIT_SCHEMES, RRDBNet
@@ -17,7 +18,7 @@ from esrgan_cli.model.weights import load_weights
 from esrgan_cli.training.config import TrainConfig
 from esrgan_cli.training.data import ImageSet
 from esrgan_cli.training.discriminator import UNetDiscriminator, VGGDiscriminator
-from esrgan_cli.training.runtime import Distributed, Report, Reporter, TrainError
+from esrgan_cli.training.runtime import Distributed, Report, Reporter
 from esrgan_cli.training.state import STATE_FILE, read_state
 from esrgan_cli.training.teacher import CacheKey, Teacher, TeacherCache, data_fingerprint, load_teacher
 from esrgan_cli.training.trainer import Adversary, GanParts, Networks, TrainData, Trainer

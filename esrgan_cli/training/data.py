@@ -16,15 +16,12 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from esrgan_cli.degrade.degradation import DegradationConfig, draw_sample
-from esrgan_cli.errors import EsrganError, ImageReadError
+from esrgan_cli.errors import ImageReadError, TrainingDataError
 from esrgan_cli.image.encode import image_files, read_image, to_uint8
 from esrgan_cli.image.resize import imresize
 
 DEFAULT_CACHE_BYTES = 2 << 30
 
-
-class TrainingDataError(EsrganError):
-    """The training folder holds no usable image."""
 
 
 @dataclass(frozen=True)

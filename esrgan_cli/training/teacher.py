@@ -20,8 +20,8 @@ import torch
 from torch import nn
 
 from esrgan_cli.degrade.kernels import unsharp_mask
+from esrgan_cli.errors import TrainError
 from esrgan_cli.files import atomic_write, sha256_of
-from esrgan_cli.training.runtime import TrainError
 
 CACHE_FORMAT = 1  # bumped whenever what a cache file holds changes meaning
 KEY_FILE = "key.json"
@@ -128,13 +128,12 @@ def make_target(lr: torch.Tensor, hr: torch.Tensor, *, sharpen: bool, teacher: T
 
 def load_teacher(spec: str, scale: int, device: torch.device) -> tuple[nn.Module, str]:
     """The teacher model `spec` (a registry name, a weights file or hf:...) on `device`, and its file's sha256."""
-    from esrgan_cli.model.registry import resolve_model
-    from esrgan_cli.model.weights import build_model, load_weights
+    from esrgan_cli.model.registry import load_named
+    from esrgan_cli.model.weights import build_model
 
-    path = resolve_model(spec).path
-    weights = load_weights(path)
+    weights = load_named(spec)
     if weights.config.scale != scale:
         raise TrainError(f"the teacher {spec} is a x{weights.config.scale} model; the run trains x{scale}")
     if weights.config.in_channels != 3 or weights.config.out_channels != 3:
         raise TrainError(f"the teacher {spec} is not an RGB model")
-    return build_model(weights).to(device), sha256_of(path)
+    return build_model(weights).to(device), sha256_of(weights.path)

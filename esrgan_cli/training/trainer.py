@@ -21,6 +21,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 
 from esrgan_cli.degrade.degradation import DegradationConfig, degrade, draw_batch
+from esrgan_cli.errors import TrainError
 from esrgan_cli.eval.distance import UnitFeatures, unit_distance
 from esrgan_cli.eval.score import EvalPair, score_pairs, summarize, with_upscaler
 from esrgan_cli.model.arch import RRDBNet
@@ -28,10 +29,11 @@ from esrgan_cli.model.vgg import VGGFeatures, perceptual_loss
 from esrgan_cli.model.weights import LoadedWeights, save_safetensors
 from esrgan_cli.training.config import TrainConfig
 from esrgan_cli.training.data import ImageSet, IterationSampler, PatchPairs, RealPatches
-from esrgan_cli.training.runtime import Distributed, Report, Reporter, TrainError
+from esrgan_cli.training.runtime import Distributed, Report, Reporter
 from esrgan_cli.training.state import STATE_FILE, TrainState, append_log, trim_log, write_config, write_state
 from esrgan_cli.training.teacher import Teacher, make_target
-from esrgan_cli.upscale.engine import Placement, Upscaler
+from esrgan_cli.upscale.device import Placement
+from esrgan_cli.upscale.upscaler import Upscaler
 
 VAL_OVERLAP = 32
 _Sample = TypeVar("_Sample")

@@ -1,8 +1,7 @@
-"""Where the model runs: device and precision choice, and the memory budget that sizes tiles."""
+"""Where the model runs: device and precision choice, and the memory a tile may take there."""
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 from typing import Literal
@@ -10,7 +9,6 @@ from typing import Literal
 import torch
 
 from esrgan_cli.errors import DeviceError
-from esrgan_cli.model.arch import RRDBConfig
 
 Precision = Literal["auto", "fp32", "fp16", "bf16"]
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -60,26 +58,6 @@ def choose_placement(device: str = "auto", precision: str = "auto") -> Placement
     return Placement(dev, dtype)
 
 
-def bytes_per_input_pixel(config: RRDBConfig, dtype: torch.dtype) -> float:
-    """Peak activation memory of a whole forward pass, per input pixel (trunk and tail on the same tile)."""
-    return trunk_bytes_per_pixel(config, dtype) + tail_bytes_per_pixel(config, dtype)
-
-
-def trunk_bytes_per_pixel(config: RRDBConfig, dtype: torch.dtype) -> float:
-    """Peak memory of the trunk per input pixel: a dense block's inputs, its growing concatenations and the skip
-    connections, at feature resolution. Measured on CPU (fp32, 23-block ×4): 3.7 kB; this gives 4.2 kB."""
-    size = torch.finfo(dtype).bits // 8
-    f, g = config.num_feat, config.num_grow
-    return size * (7 * f + 2 * (f + 4 * g)) * 1.25 / config.unshuffle**2
-
-
-def tail_bytes_per_pixel(config: RRDBConfig, dtype: torch.dtype) -> float:
-    """Peak memory of the tail per input pixel: num_feat planes at scale² pixels, about two of them alive at once
-    after the last upsampling. Measured on CPU (fp32, ×4): 9.0 kB; this gives 10.2 kB."""
-    size = torch.finfo(dtype).bits // 8
-    return size * 2.5 * config.num_feat * config.scale**2
-
-
 def memory_budget(device: torch.device) -> int:
     """Bytes the activations of one tile may take."""
     if device.type == "cuda":
@@ -100,11 +78,3 @@ def _available_ram() -> int:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
         return 4 << 30
-
-
-def auto_tile(height: int, width: int, overlap: int, per_pixel: float, budget: int) -> int:
-    """0 (whole image) if it fits the budget, else the largest core size whose window fits."""
-    if height * width * per_pixel <= budget:
-        return 0
-    side = int(math.sqrt(budget / per_pixel))
-    return max(32, (side - 2 * overlap) // 8 * 8)

@@ -1,35 +1,32 @@
-"""Running an RRDBNet on an image, block by block: the per-block compute behind `tiling.run_blocks`.
+"""Running an RRDBNet on an image, block by block: the per-block compute behind `tiling.run_blocks`. No image files or
+formats here: `pipeline.py` turns decoded images into the arrays this fills, and `upscaler.py` adds the public
+`Upscaler.upscale`.
 
-The image stays in host memory and only the block in flight is on the device. A block is a trunk tile (the
-low-resolution part, nearly all the arithmetic) and the tail tiles that cover its core (the upsampling part, nearly
-all the memory). Tiling and the out-of-memory policy live in `tiling.py`; this module supplies the compute, the fp16
-overflow fallback, and the self-ensemble (`tta`) as a wrapper on that compute. A window that touches the image's
-edge is grown there by `EDGE_PAD` reflected pixels, so the model's own zero padding never shifts the border's levels.
+The image stays in host memory and only the block in flight is on the device. A block is a trunk tile (the low-
+resolution part, nearly all the arithmetic) and the tail tiles that cover its core (the upsampling part, nearly all
+the memory). Tiling and the out-of-memory policy live in `tiling.py`, tile sizes in `sizing.py`; this module
+supplies the compute, the fp16 overflow fallback, and the self-ensemble (`tta`) as a wrapper on that compute. A
+window that touches the image's edge is grown there by `EDGE_PAD` reflected pixels, so the model's own zero padding
+never shifts the border's levels.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any
 
 import numpy as np
 import torch
 from torch.nn import functional as F
 
-from esrgan_cli.defaults import DEFAULT_OVERLAP, EDGE_PAD, LUMA_WEIGHTS
+from esrgan_cli.defaults import EDGE_PAD
 from esrgan_cli.errors import WeightsError
+from esrgan_cli.image.convert import luma, to_dtype
 from esrgan_cli.model.arch import TAIL_REACH, RRDBNet
 from esrgan_cli.model.weights import LoadedWeights, build_model
-from esrgan_cli.upscale.device import (
-    Placement,
-    auto_tile,
-    choose_placement,
-    memory_budget,
-    tail_bytes_per_pixel,
-    trunk_bytes_per_pixel,
-)
+from esrgan_cli.upscale.device import Placement, memory_budget
+from esrgan_cli.upscale.sizing import tile_sizes
 from esrgan_cli.upscale.tiling import (
     ENSEMBLE,
     Region,
@@ -38,27 +35,17 @@ from esrgan_cli.upscale.tiling import (
     TilePlan,
     TileTooLarge,
     grow_at_edges,
-    plan_staged,
     plan_tiles,
     run_blocks,
     take_reflected,
-    to_canvas_dtype,
 )
 
-if TYPE_CHECKING:
-    from PIL import Image
-
-    ImageT = TypeVar("ImageT", Image.Image, np.ndarray)
-
-__all__ = ["Placement", "Upscaler", "choose_placement"]
-
-_LUMA = np.array(LUMA_WEIGHTS, dtype=np.float32)
 Sink = Callable[[Region, torch.Tensor], None]
 """Receives a tail tile's output (C×h×w on the device) and where it goes, in output pixels of the window."""
 
 
-class Upscaler:
-    """A model on its device. `upscale` takes and returns images (PIL or numpy); `upscale_into` fills a canvas."""
+class Engine:
+    """A model on its device, filling canvases (`upscale_into`); `upscaler.Upscaler` adds images in and out."""
 
     def __init__(self, weights: LoadedWeights, placement: Placement) -> None:
         c = weights.config
@@ -89,40 +76,10 @@ class Upscaler:
         """Channels of the canvas `upscale_into` fills: 4 for RGBA models (alpha through the model), else 3."""
         return 4 if self.config.out_channels == 4 else 3
 
-    def upscale(
-        self, image: ImageT, *, tile: int | None = None, overlap: int = DEFAULT_OVERLAP,
-        outscale: float | None = None, tta: bool = False,
-    ) -> ImageT:
-        """Upscale a `PIL.Image` (mode, alpha, 16-bit depth, ICC profile and EXIF kept) or an H×W or H×W×C numpy
-        array (uint8, uint16, or float in [0, 1]; the same type and channels come back).
-
-        `tile`: None picks tiles from the memory budget, 0 runs whole; `overlap`: context around trunk tiles
-        (default 48); `outscale`: a final scale other than the model's, by Lanczos; `tta`: 8-fold self-ensemble."""
-        from esrgan_cli.upscale.pipeline import UpscaleOptions, upscale_any
-
-        options = UpscaleOptions(tile=tile, overlap=overlap, outscale=outscale, tta=tta, max_output_pixels=0)
-        return upscale_any(self, image, options)
-
     def tile_sizes(self, height: int, width: int, tile: int | None, overlap: int) -> tuple[int, int]:
-        """(trunk tile, tail tile) for `--tile`; 0 means whole.
-
-        `tile` sets the tail's tiles, where the memory is. The trunk gets the largest tiles that fit the memory a
-        plain `tile` tile with `overlap` context needs (for the ×4 model at --tile 64 and overlap 48, trunk tiles
-        of about 200), so for most images it runs whole and the output equals the untiled one exactly. None picks
-        both from the memory budget."""
-        dtype = self.placement.dtype
-        trunk_px = trunk_bytes_per_pixel(self.config, dtype)
-        tail_px = tail_bytes_per_pixel(self.config, dtype)
-        if tile == 0:
-            return 0, 0
-        if tile is None:
-            budget = memory_budget(self.placement.device) // 2
-            reach = TAIL_REACH * self.align
-            return (auto_tile(height, width, overlap, trunk_px, budget),
-                    auto_tile(height, width, reach, tail_px, budget))
-        window = (tile + 2 * overlap) * math.sqrt((trunk_px + tail_px) / trunk_px)
-        trunk = max(tile, int(window) - 2 * overlap)
-        return (0 if trunk >= max(height, width) else trunk), tile
+        """(trunk tile, tail tile) for `--tile` on this model and device (see `sizing.tile_sizes`)."""
+        return tile_sizes(self.config, self.placement.dtype, lambda: memory_budget(self.placement.device), height,
+                          width, tile, overlap)
 
     def upscale_into(
         self, image: np.ndarray, canvas: np.ndarray, tile: int | None, overlap: int,
@@ -140,15 +97,6 @@ class Upscaler:
         plan = TilePlan(height, width, trunk, tail, overlap, TAIL_REACH * self.align, self.align, min_tile)
         compute = self._ensemble_block if tta else self._plain_block
         return run_blocks(plan, lambda block: compute(image, canvas, block), on_progress)
-
-    def __call__(self, tile: np.ndarray) -> np.ndarray:
-        """One H×W×C float32 window, whole, → its float32 output: a plain callback for `tiling.run_tiled`, which
-        splits the window when this raises TileTooLarge."""
-        h, w = tile.shape[:2]
-        out = np.empty((h * self.scale, w * self.scale, self.channels), np.float32)
-        # The window may be cut from inside an image: reflecting its own edges would invent content.
-        self._plain_block(tile, out, plan_staged(h, w, 0, 0, 0, TAIL_REACH * self.align, self.align)[0], pad=0)
-        return out
 
     # -- per-block compute -------------------------------------------------------------------------------------
 
@@ -187,7 +135,7 @@ class Upscaler:
             tails = plan_tiles(h, w, tail, TAIL_REACH * self.align, self.align, area=area)
             self._checked(turned, tails, keep)
             total += t.invert(out)
-        canvas[core.scaled(s).slices()] = to_canvas_dtype(total / len(ENSEMBLE), canvas.dtype)
+        canvas[core.scaled(s).slices()] = to_dtype(total / len(ENSEMBLE), canvas.dtype)
 
     def _checked(self, window: np.ndarray, tails: list[Tile], sink: Sink) -> None:
         """Run a window's trunk and tails into `sink`; a half-precision overflow redoes all of it in fp32."""
@@ -218,7 +166,7 @@ class Upscaler:
         """H×W×C float32 → 1×C'×H×W on the device, channels-last, padded to the pixel-unshuffle factor."""
         want = self.config.in_channels
         if want == 1:
-            window = (window[..., :3] @ _LUMA)[..., None]
+            window = luma(window)[..., None]
         elif want == 3:
             window = window[..., :3]
         elif window.shape[2] == 3:
@@ -255,7 +203,7 @@ def _to_host(out: torch.Tensor, dtype: np.dtype[Any], channels: int) -> np.ndarr
     so less crosses the bus. One-channel output is repeated."""
     out = out.permute(1, 2, 0).float().clamp(0, 1)
     if np.issubdtype(dtype, np.integer):
-        # Same rounding as tiling.to_canvas_dtype: round half to even of value × max, in float32.
+        # The rounding of image.convert.to_dtype, on the device: round half to even of value × max, in float32.
         out = (out * np.iinfo(dtype).max).round_().to(torch.int32)
     host = out.cpu().numpy().astype(dtype, copy=False)
     return np.repeat(host, channels, axis=2) if host.shape[2] == 1 else host[..., :channels]

@@ -19,9 +19,6 @@ import numpy as np
 
 from esrgan_cli.errors import OutOfMemoryError
 
-Model = Callable[[np.ndarray], np.ndarray]
-"""H×W×C float32 in [0, 1] → (H·scale)×(W·scale)×C' float32 in [0, 1]."""
-
 
 class TileTooLarge(Exception):
     """Raised by a block's compute (for example on out-of-memory) to have the block split in half."""
@@ -134,14 +131,6 @@ def plan_tiles(
     return tiles
 
 
-def to_canvas_dtype(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """Float output in [0, 1] → the canvas's type (integers are rounded, floats clipped)."""
-    if np.issubdtype(dtype, np.integer):
-        top = np.iinfo(dtype).max
-        return np.clip(np.rint(values * top), 0, top).astype(dtype)
-    return np.clip(values, 0.0, 1.0).astype(dtype, copy=False)
-
-
 @dataclass(frozen=True)
 class StagedTile:
     """A trunk tile and the tail tiles that cover its core (all in input pixels).
@@ -225,29 +214,6 @@ def run_blocks(plan: TilePlan, compute: Compute, on_progress: Callable[[int], No
     run(plan_staged(plan.height, plan.width, plan.trunk_tile, plan.tail_tile, plan.overlap, plan.reach, plan.align),
         plan.tail_tile)
     return calls
-
-
-def run_tiled(
-    image: np.ndarray, model: Model, scale: int, canvas: np.ndarray, *, tile: int, overlap: int, align: int = 1,
-    on_progress: Callable[[int], None] | None = None,
-) -> int:
-    """Upscale `image` (H×W×C float32) into `canvas` ((H·s)×(W·s)×C', any dtype) with a plain tile callback.
-
-    Each block's window goes through `model` whole and its core is pasted; returns the number of model calls."""
-    height, width = image.shape[:2]
-    expected = (height * scale, width * scale)
-    if canvas.shape[:2] != expected:
-        raise ValueError(f"canvas is {canvas.shape[:2]}, expected {expected}")
-
-    def paste(block: StagedTile) -> None:
-        t = block.trunk
-        out = model(image[t.window.slices()])
-        if out.shape[:2] != (t.window.height * scale, t.window.width * scale):
-            raise ValueError(f"model returned {out.shape[:2]} for a {t.window.height}×{t.window.width} window")
-        canvas[t.core.scaled(scale).slices()] = to_canvas_dtype(out[t.output_crop(scale).slices()], canvas.dtype)
-
-    plan = TilePlan(height, width, tile, 0, overlap, align=align)
-    return run_blocks(plan, paste, on_progress)
 
 
 @dataclass(frozen=True)

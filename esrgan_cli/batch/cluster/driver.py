@@ -1,7 +1,7 @@
 """The driver of a distributed batch: model replicas on a Ray cluster or on this machine's GPUs, fed one file at a
 time, with the local batch's journal, skip rules and failure reporting.
 
-The driver plans the jobs (`batch.collect_jobs`, `batch.plan_batch`) and keeps a few files in flight per replica
+The driver plans the jobs (`batch.jobs.list_jobs`, `batch.plan.plan_batch`) and keeps a few files in flight per replica
 (`ClusterOptions.depth`), so its memory does not grow with the batch. A replica answers each file with a small
 `Record`; the driver appends it to the journal as it arrives, so an interrupted run resumes where it stopped, on
 the cluster or locally. A replica that dies (its process killed, its node lost) has its files sent to another;
@@ -19,65 +19,20 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
+from esrgan_cli.batch.cluster.protocol import ClusterOptions, Pool, Ready, Result
 from esrgan_cli.batch.cluster.worker import Record, ReplicaInfo, Task
-from esrgan_cli.batch.journal import Job, Journal, Outcome
-from esrgan_cli.errors import EsrganError
+from esrgan_cli.batch.jobs import Job
+from esrgan_cli.batch.journal import Journal
+from esrgan_cli.batch.runner import Outcome
+from esrgan_cli.errors import ClusterError, EsrganError
 
 if TYPE_CHECKING:
     from esrgan_cli.batch.cluster.worker import WorkerConfig
     from esrgan_cli.model.weights import LoadedWeights
 
 
-class ClusterError(EsrganError):
-    """The cluster cannot be used: Ray is missing, the address does not answer, or replicas cannot start."""
-
-
-class RayMissingError(ClusterError):
-    """`--ray` without the optional extra installed."""
-
-
-@dataclass(frozen=True)
-class ClusterOptions:
-    """Where the replicas run and how the driver feeds them. Pass by keyword."""
-
-    address: str | None = None  # Ray: auto, local, HOST:PORT or ray://HOST:PORT; None: local processes
-    workers: int | None = None  # replicas; None: one per GPU, else one per node (Ray) or one (local)
-    depth: int = 2  # files in flight per replica: one running, one waiting
-    attempts: int = 3  # a file whose replica died this many times is reported failed
-    object_store_bytes: int | None = None  # Ray's object store for `address="local"`; None: Ray's default
-    devices: tuple[str, ...] = ()  # local processes: one replica per device; () means one per CUDA GPU
-
-
-@dataclass(frozen=True)
-class Ready:
-    """A replica finished starting (or died while starting: `info` None)."""
-
-    slot: int
-    info: ReplicaInfo | None
-    died: str | None = None
-
-
-@dataclass(frozen=True)
-class Result:
-    """A task came back: its record, or the reason its replica died."""
-
-    slot: int
-    task: int
-    record: Record | None
-    died: str | None = None
-
-
-class Pool(Protocol):
-    """A backend's replicas, each known by a slot number."""
-
-    def launch(self) -> int: ...
-    def send(self, slot: int, task_id: int, task: Task) -> None: ...
-    def poll(self, timeout: float) -> list[Ready | Result]: ...
-    def kill(self, slot: int) -> None: ...
-    def close(self) -> None: ...
-    def pid(self, slot: int) -> int: ...
 
 
 @dataclass

@@ -16,7 +16,7 @@ import traceback
 from multiprocessing.connection import Connection, wait
 from typing import TYPE_CHECKING, Any
 
-from esrgan_cli.batch.cluster.driver import ClusterOptions, Ready, Result
+from esrgan_cli.batch.cluster.protocol import ClusterOptions, Ready, Result
 from esrgan_cli.batch.cluster.worker import Replica, Task, WorkerConfig
 
 if TYPE_CHECKING:

@@ -19,9 +19,9 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
-from esrgan_cli.batch.cluster.driver import ClusterError, ClusterOptions, RayMissingError, Ready, Result
+from esrgan_cli.batch.cluster.protocol import ClusterOptions, Ready, Result
 from esrgan_cli.batch.cluster.worker import Replica, Task, WorkerConfig
-from esrgan_cli.errors import first_line
+from esrgan_cli.errors import ClusterError, RayMissingError, first_line
 
 if TYPE_CHECKING:
     from esrgan_cli.model.weights import LoadedWeights

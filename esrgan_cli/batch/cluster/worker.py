@@ -16,11 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from esrgan_cli.batch.journal import Job
+from esrgan_cli.batch.jobs import Job
 from esrgan_cli.errors import EsrganError, ImageReadError
 
 if TYPE_CHECKING:
-    from esrgan_cli.batch.journal import Stages
+    from esrgan_cli.batch.runner import Stages
     from esrgan_cli.model.weights import LoadedWeights
     from esrgan_cli.upscale.pipeline import UpscaleOptions
 
@@ -87,9 +87,9 @@ class Replica:
         try:
             import torch
 
+            from esrgan_cli.batch.stages import batch_stages
             from esrgan_cli.upscale.device import choose_placement
-            from esrgan_cli.upscale.engine import Upscaler
-            from esrgan_cli.upscale.pipeline import batch_stages
+            from esrgan_cli.upscale.upscaler import Upscaler
 
             if config.threads > 0:
                 torch.set_num_threads(config.threads)
@@ -106,7 +106,7 @@ class Replica:
 
     def run(self, task: Task) -> Record:
         """Upscale one file. An expected failure becomes the record's error; anything else is a bug and raises."""
-        from esrgan_cli.batch.journal import Written
+        from esrgan_cli.batch.runner import Written
         from esrgan_cli.files import sha256_of
 
         stages = self._stages
