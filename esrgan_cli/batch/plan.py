@@ -23,7 +23,7 @@ class BatchOptions:
     format: str | None = None  # png, jpg, webp, tiff; None keeps each input's
     suffix: str = ""
     overwrite: bool = False  # redo outputs the journal says are done
-    report: Path | None = None  # JSON report of done, skipped and failed files
+    report: str | Path | None = None  # JSON report of done, skipped and failed files
     quality: int = DEFAULT_QUALITY  # JPEG and WebP outputs
     cluster: ClusterOptions | None = None  # replicas on a Ray cluster or this machine's GPUs; None: this process
 

@@ -12,7 +12,7 @@ from esrgan_cli.batch.runner import Outcome
 from esrgan_cli.files import atomic_write
 
 
-def write_report(path: Path, plan: BatchPlan, outcomes: Sequence[Outcome], model: str, model_sha256: str,
+def write_report(path: str | Path, plan: BatchPlan, outcomes: Sequence[Outcome], model: str, model_sha256: str,
                  seconds: float) -> None:
     """The `--report` JSON: done, skipped and failed files, the model, and the throughput."""
     done = [o for o in outcomes if not o.error]
@@ -25,7 +25,7 @@ def write_report(path: Path, plan: BatchPlan, outcomes: Sequence[Outcome], model
         "failed": [{"input": str(o.job.src), "output": str(o.job.dst), "error": o.error}
                    for o in outcomes if o.error],
     }
-    with atomic_write(path) as tmp:
+    with atomic_write(Path(path)) as tmp:
         tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
 
 
