@@ -23,7 +23,8 @@ from pathlib import Path
 from PIL import Image
 
 import esrgan_cli
-from esrgan_cli.image.encode import contact_sheet, read_image, to_uint8
+from esrgan_cli.image.decode import read_image
+from esrgan_cli.image.encode import contact_sheet, to_uint8
 from esrgan_cli.image.resize import imresize
 
 

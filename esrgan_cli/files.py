@@ -7,10 +7,11 @@ import hashlib
 import os
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from esrgan_cli.defaults import IMAGE_SUFFIXES
 from esrgan_cli.errors import DiskFullError, FolderBusyError, OutputWriteError, first_line
 
 _UMASK_LOCK = threading.Lock()
@@ -137,3 +138,51 @@ def sha256_of(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def walk_sorted(
+    top: str, recursive: bool = True, enter: Callable[[str], bool] = lambda path: True,
+) -> Iterator[tuple[str, os.DirEntry[str]]]:
+    """Every entry under `top` that is not a folder walked into, as (its path relative to `top` with `/`
+    separators, its entry), in sorted-path order (a folder before what it holds, as `sorted(Path.rglob)` gives),
+    one folder listing in memory per level. Symlinked folders are not entered, nor folders for which `enter(path)`
+    is false; unreadable ones are skipped. An unreadable `top` raises OSError (none if `enter(top)` is false)."""
+    if not enter(top):
+        return
+    stack = [("", _sorted_listing(top))]
+    while stack:
+        prefix, entries = stack[-1]
+        entry = next(entries, None)
+        if entry is None:
+            stack.pop()
+            continue
+        try:
+            if recursive and entry.is_dir(follow_symlinks=False):
+                if enter(entry.path):
+                    stack.append((f"{prefix}{entry.name}/", _sorted_listing(entry.path)))
+                continue
+        except OSError:
+            continue  # gone or unreadable since the listing: as if never there
+        yield prefix + entry.name, entry
+
+
+def _sorted_listing(path: str) -> Iterator[os.DirEntry[str]]:
+    with os.scandir(path) as it:
+        return iter(sorted(it, key=lambda e: e.name))
+
+
+def image_files(folder: Path) -> list[Path]:
+    """Files under `folder` (recursive) with an image extension, hidden names skipped, sorted: the training and
+    evaluation sets. (A batch walks its inputs with the same `walk_sorted`, keeping hidden files.)"""
+    root = str(folder)
+    found = []
+    for rel, entry in walk_sorted(root, enter=lambda path: path == root or not os.path.basename(path).startswith(".")):
+        name = entry.name
+        if name.startswith(".") or os.path.splitext(name)[1].lower() not in IMAGE_SUFFIXES:
+            continue
+        try:
+            if entry.is_file():
+                found.append(Path(folder, rel))
+        except OSError:
+            continue
+    return sorted(found)

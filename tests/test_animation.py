@@ -9,7 +9,8 @@ import pytest
 from PIL import Image
 from test_cli import esrgan
 
-from esrgan_cli.image.encode import output_format, read_image
+from esrgan_cli.image.decode import read_image
+from esrgan_cli.image.encode import output_format
 from esrgan_cli.model.weights import load_weights
 from esrgan_cli.upscale.device import choose_placement
 from esrgan_cli.upscale.pipeline import UpscaleOptions, upscale_file

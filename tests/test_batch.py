@@ -18,7 +18,7 @@ from test_cli import esrgan
 
 from esrgan_cli.batch.jobs import Job, list_jobs
 from esrgan_cli.batch.journal import Journal
-from esrgan_cli.batch.runner import Stages, run_batch
+from esrgan_cli.batch.runner import Stages, Written, run_batch
 from esrgan_cli.errors import BatchError, EsrganError
 from esrgan_cli.files import sha256_of
 from esrgan_cli.model.arch import RRDBConfig
@@ -111,11 +111,11 @@ def test_runner_reports_failures_and_goes_on(overlap_io: bool, tmp_path: Path) -
             raise EsrganError("bad compute")
         return n * n
 
-    def encode(job: Job, n: int, sq: int) -> float:
+    def encode(job: Job, n: int, sq: int) -> Written:
         if n == 5:
             raise EsrganError("disk full")
         written.append(f"{n}:{sq}")
-        return 1.0
+        return Written(1.0)
 
     outcomes = run_batch(jobs, Stages(decode, compute, encode), overlap_io=overlap_io)
     assert sorted(o.job.key for o in outcomes) == [j.key for j in jobs]
@@ -139,12 +139,12 @@ def test_runner_overlaps_io_with_bounded_queues(tmp_path: Path) -> None:
     def compute(job: Job, _: None) -> None:
         time.sleep(0.002)
 
-    def encode(job: Job, _: None, __: None) -> float:
+    def encode(job: Job, _: None, __: None) -> Written:
         threads.add(threading.current_thread().name)
         time.sleep(0.004)
         with lock:
             encoded[0] += 1
-        return 0.0
+        return Written(0.0)
 
     assert len(run_batch(jobs, Stages(decode, compute, encode), overlap_io=True, depth=2)) == 30
     assert threading.current_thread().name not in threads and len(threads) == 2
@@ -158,7 +158,7 @@ def test_unexpected_errors_in_any_stage_reach_the_caller(stage: str, tmp_path: P
         if args[0] is jobs[2]:
             raise RuntimeError(f"bug in {stage}")
 
-    fns = {"decode": lambda j: None, "compute": lambda j, d: None, "encode": lambda j, d, r: 0.0}
+    fns = {"decode": lambda j: None, "compute": lambda j, d: None, "encode": lambda j, d, r: Written(0.0)}
     fns[stage] = boom
     with pytest.raises(RuntimeError, match=f"bug in {stage}"):
         run_batch(jobs, Stages(fns["decode"], fns["compute"], fns["encode"]), overlap_io=True)

@@ -16,7 +16,7 @@ from test_cli import esrgan
 
 from esrgan_cli.errors import ImageReadError
 from esrgan_cli.image.capture import decoder_messages
-from esrgan_cli.image.encode import read_image
+from esrgan_cli.image.decode import read_image
 
 from conftest import random_image
 

@@ -12,7 +12,7 @@ from PIL import Image
 from safetensors import safe_open
 from test_cli import assert_one_line_error, esrgan
 
-from esrgan_cli.image.encode import read_image
+from esrgan_cli.image.decode import read_image
 from esrgan_cli.model.arch import RRDBConfig
 from esrgan_cli.model.blend import parse_alphas
 from esrgan_cli.model.weights import load_weights, save_safetensors, sha256_of

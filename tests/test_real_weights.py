@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from torch.nn import functional as F
 
 from esrgan_cli.defaults import DEFAULT_OVERLAP, EDGE_PAD
-from esrgan_cli.image.encode import read_image
+from esrgan_cli.image.decode import read_image
 from esrgan_cli.model.weights import load_weights
 from esrgan_cli.upscale.device import choose_placement
 from esrgan_cli.upscale.upscaler import Upscaler

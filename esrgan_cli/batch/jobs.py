@@ -19,6 +19,7 @@ from typing import overload
 
 from esrgan_cli.defaults import FORMAT_SUFFIXES, IMAGE_SUFFIXES
 from esrgan_cli.errors import BatchError
+from esrgan_cli.files import walk_sorted
 
 
 @dataclass(frozen=True)
@@ -147,46 +148,25 @@ class _Walk:
         self.file(str(path.parent), path.name, st)
 
     def folder(self, top: Path, recursive: bool) -> None:
-        """Every file under `top` in sorted-path order (a folder before what it holds), as `sorted(rglob)` gives;
-        symlinked folders are not entered, unreadable ones are skipped, outputs inside OUTDIR are not inputs."""
+        """Every file under `top` in sorted-path order (`files.walk_sorted`): symlinked folders are not entered,
+        unreadable ones are skipped, outputs inside OUTDIR are not inputs."""
         root = str(top)
-        stack: list[tuple[str, Iterator[os.DirEntry[str]]]] = []
-        start = self._listing(root, os.path.abspath(root), must=True)
-        if start is not None:
-            stack.append(("", start))
-        while stack:
-            prefix, entries = stack[-1]
-            entry = next(entries, None)
-            if entry is None:
-                stack.pop()
-                continue
-            rel = prefix + entry.name
-            try:
-                if recursive and entry.is_dir(follow_symlinks=False):
-                    below = self._listing(entry.path, os.path.abspath(entry.path), must=False)
-                    if below is not None:
-                        stack.append((rel + "/", below))
-                    continue
-                if not entry.is_file() or entry.name.startswith(".esrgan"):
-                    continue  # our journal and lock file
-                if _suffix(entry.name).lower() not in IMAGE_SUFFIXES:
-                    self.ignored += 1
-                    continue
-                self.file(root, rel, entry.stat())
-            except OSError:
-                continue  # gone or unreadable since the listing: as if never there
-
-    def _listing(self, path: str, absolute: str, must: bool) -> Iterator[os.DirEntry[str]] | None:
-        if _inside(absolute, self.outdir_abs):
-            return None  # earlier outputs inside an input folder are not inputs
         try:
-            with os.scandir(path) as it:
-                names = sorted(it, key=lambda e: e.name)
-        except OSError as e:
-            if must:
-                raise BatchError(f"{path}: cannot list ({e.strerror or e})") from None
-            return None
-        return iter(names)
+            for rel, entry in walk_sorted(root, recursive, self._enter):
+                try:
+                    if not entry.is_file() or entry.name.startswith(".esrgan"):
+                        continue  # our journal and lock file
+                    if _suffix(entry.name).lower() not in IMAGE_SUFFIXES:
+                        self.ignored += 1
+                        continue
+                    self.file(root, rel, entry.stat())
+                except OSError:
+                    continue  # gone or unreadable since the listing: as if never there
+        except OSError as e:  # only `top` itself raises: an unreadable subfolder is skipped
+            raise BatchError(f"{root}: cannot list ({e.strerror or e})") from None
+
+    def _enter(self, path: str) -> bool:
+        return not _inside(os.path.abspath(path), self.outdir_abs)  # earlier outputs in an input folder: not inputs
 
 
 def list_jobs(

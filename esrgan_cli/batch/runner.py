@@ -16,14 +16,41 @@ D = TypeVar("D")
 R = TypeVar("R")
 
 
-@dataclass
+@dataclass(frozen=True)
+class Written:
+    """What writing one file gave, wherever it ran (the encode stage here, a replica there): input megapixels
+    processed, notes for the user, and frames or pages written (an animation or a multi-page TIFF has several)."""
+
+    megapixels: float
+    notes: tuple[str, ...] = ()
+    frames: int = 1
+
+
+@dataclass(frozen=True)
 class Outcome:
+    """One job's end: what was written, or why it failed."""
+
     job: Job
+    written: Written | None = None
     error: str | None = None
-    megapixels: float = 0.0
-    notes: tuple[str, ...] = ()  # what the user should know about this file (decoder warnings, dropped alpha)
     exception: EsrganError | None = None  # the failure itself, for --debug
-    frames: int = 1  # frames or pages written
+
+    @classmethod
+    def failed(cls, job: Job, e: EsrganError) -> Outcome:
+        return cls(job, error=str(e), exception=e)
+
+    @property
+    def megapixels(self) -> float:
+        return self.written.megapixels if self.written else 0.0
+
+    @property
+    def notes(self) -> tuple[str, ...]:
+        """What the user should know about this file (decoder warnings, dropped alpha)."""
+        return self.written.notes if self.written else ()
+
+    @property
+    def frames(self) -> int:
+        return self.written.frames if self.written else 0
 
     @property
     def stops_batch(self) -> bool:
@@ -31,31 +58,12 @@ class Outcome:
         return isinstance(self.exception, DiskFullError)
 
 
-@dataclass(frozen=True)
-class Written:
-    """What the encode stage reports: input megapixels processed and notes for the user."""
-
-    megapixels: float
-    notes: tuple[str, ...] = ()
-    frames: int = 1  # frames or pages written (an animation or a multi-page TIFF has several)
-
-
 @dataclass
 class Stages(Generic[D, R]):
     decode: Callable[[Job], D]
     compute: Callable[[Job, D], R]
-    encode: Callable[[Job, D, R], float | Written]  # input megapixels processed (and notes)
+    encode: Callable[[Job, D, R], Written]
     on_done: Callable[[Outcome], None] = field(default=lambda o: None)
-
-
-def _done(job: Job, written: float | Written) -> Outcome:
-    if isinstance(written, Written):
-        return Outcome(job, megapixels=written.megapixels, notes=written.notes, frames=written.frames)
-    return Outcome(job, megapixels=written)
-
-
-def _failed(job: Job, e: EsrganError) -> Outcome:
-    return Outcome(job, str(e), exception=e)
 
 
 def run_batch(jobs: Sequence[Job], stages: Stages[D, R], overlap_io: bool = True, depth: int = 2) -> list[Outcome]:
@@ -75,9 +83,9 @@ def _run_serial(jobs: Sequence[Job], stages: Stages[D, R]) -> list[Outcome]:
     for job in jobs:
         try:
             data = stages.decode(job)
-            outcome = _done(job, stages.encode(job, data, stages.compute(job, data)))
+            outcome = Outcome(job, stages.encode(job, data, stages.compute(job, data)))
         except EsrganError as e:
-            outcome = _failed(job, e)
+            outcome = Outcome.failed(job, e)
         outcomes.append(outcome)
         stages.on_done(outcome)
         if outcome.stops_batch:
@@ -146,7 +154,7 @@ class _Overlapped(Generic[D, R]):
                     continue
                 except EsrganError as e:
                     error = e
-            self._finish(_failed(job, error))
+            self._finish(Outcome.failed(job, error))
 
     def _write(self) -> None:
         while (item := self._get(self.computed)) is not _END:
@@ -154,9 +162,9 @@ class _Overlapped(Generic[D, R]):
             if self.halt.is_set():
                 continue  # dropped: not in the journal, so the rerun does it
             try:
-                outcome = _done(job, self.stages.encode(job, data, result))
+                outcome = Outcome(job, self.stages.encode(job, data, result))
             except EsrganError as e:
-                outcome = _failed(job, e)
+                outcome = Outcome.failed(job, e)
             self._finish(outcome)
             if outcome.stops_batch:
                 self.halt.set()

@@ -62,7 +62,7 @@ def evaluate(model: str, hr_dir: Path, lr_dir: Path | None, scale: int | None, t
     """
     import json
 
-    from esrgan_cli.eval.score import pair_images, score_pairs, summarize
+    from esrgan_cli.eval.score import mean_scores, pair_images, score_pairs
     from esrgan_cli.upscale.device import choose_placement
 
     # fp32 everywhere: a benchmark figure must not depend on the device's half precision.
@@ -79,7 +79,7 @@ def evaluate(model: str, hr_dir: Path, lr_dir: Path | None, scale: int | None, t
         scores.append(score)
         if not as_json:
             click.echo(_score_row(score.name, score, with_distance))
-    mean = summarize(scores)
+    mean = mean_scores(scores)
     if as_json:
         data = {"model": label, "scale": s, "hr": str(hr_dir), "lr": str(lr_dir) if lr_dir else None,
                 "degradation": None if lr_dir else made.name,

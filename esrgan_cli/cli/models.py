@@ -105,7 +105,8 @@ def _write_preview(image_path: Path, models: list[LoadedWeights], alphas: list[f
     from PIL import Image
 
     from esrgan_cli.api import load_model
-    from esrgan_cli.image.encode import contact_sheet, read_image, write_image
+    from esrgan_cli.image.decode import read_image
+    from esrgan_cli.image.encode import contact_sheet, write_image
 
     image = read_image(image_path)
     with Image.open(image_path) as source:

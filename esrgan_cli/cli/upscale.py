@@ -168,7 +168,8 @@ def load_upscaler(run: Run) -> tuple[Upscaler, str]:
 
 def _upscale_one(input_path: Path, output_path: Path, run: Run) -> None:
     from esrgan_cli.files import check_output
-    from esrgan_cli.image.encode import output_format, read_image, write_image
+    from esrgan_cli.image.decode import read_image
+    from esrgan_cli.image.encode import output_format, write_image
     from esrgan_cli.upscale.pipeline import reads_all_frames, upscale_file
 
     check_output(input_path, output_path)

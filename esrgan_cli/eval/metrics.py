@@ -21,7 +21,8 @@ def y_channel(rgb: np.ndarray) -> np.ndarray:
     return x[..., :3] @ _Y_WEIGHTS + 16.0
 
 
-def _crop(a: np.ndarray, border: int) -> np.ndarray:
+def crop_border(a: np.ndarray, border: int) -> np.ndarray:
+    """`a` without `border` pixels on every side, as SR benchmarks score."""
     return a[border:-border, border:-border] if border else a
 
 
@@ -33,7 +34,7 @@ def psnr(a: np.ndarray, b: np.ndarray, peak: float = 255.0) -> float:
 
 def psnr_y(sr: np.ndarray, hr: np.ndarray, border: int) -> float:
     """Y-channel PSNR of two 8-bit-valued RGB images (0..255), `border` pixels cropped."""
-    return psnr(_crop(y_channel(sr), border), _crop(y_channel(hr), border))
+    return psnr(crop_border(y_channel(sr), border), crop_border(y_channel(hr), border))
 
 
 def _gaussian_filter_valid(x: np.ndarray, taps: np.ndarray) -> np.ndarray:
@@ -63,4 +64,4 @@ def ssim(a: np.ndarray, b: np.ndarray, peak: float = 255.0) -> float:
 
 def ssim_y(sr: np.ndarray, hr: np.ndarray, border: int) -> float:
     """Y-channel SSIM of two 8-bit-valued RGB images (0..255), `border` pixels cropped."""
-    return ssim(_crop(y_channel(sr), border), _crop(y_channel(hr), border))
+    return ssim(crop_border(y_channel(sr), border), crop_border(y_channel(hr), border))

@@ -17,8 +17,10 @@ import numpy as np
 
 from esrgan_cli.defaults import DEFAULT_OVERLAP
 from esrgan_cli.errors import EsrganError, EvalDataError, ImageReadError
-from esrgan_cli.eval.metrics import psnr_y, ssim_y
-from esrgan_cli.image.encode import image_files, read_image, to_uint8
+from esrgan_cli.eval.metrics import crop_border, psnr_y, ssim_y
+from esrgan_cli.files import image_files
+from esrgan_cli.image.decode import read_image
+from esrgan_cli.image.encode import to_uint8
 from esrgan_cli.image.resize import imresize, modcrop
 from esrgan_cli.upscale.upscaler import Upscaler
 
@@ -144,16 +146,13 @@ def score_pairs(pairs: list[EvalPair], upscale: Upscale, scale: int, degradation
         bic = baseline(lr)
         perceptual = perceptual_bicubic = None
         if distance is not None:
-            inner = _crop(hr, scale)
-            perceptual, perceptual_bicubic = distance(_crop(sr, scale), inner), distance(_crop(bic, scale), inner)
+            inner = crop_border(hr, scale)
+            perceptual = distance(crop_border(sr, scale), inner)
+            perceptual_bicubic = distance(crop_border(bic, scale), inner)
         yield ImageScore(
             pair.name, psnr_y(sr, hr, scale), ssim_y(sr, hr, scale), psnr_y(bic, hr, scale), ssim_y(bic, hr, scale),
             perceptual, perceptual_bicubic,
         )
-
-
-def _crop(image: np.ndarray, border: int) -> np.ndarray:
-    return image[border:-border, border:-border] if border else image
 
 
 def with_upscaler(upscaler: Upscaler, tile: int | None = None, overlap: int = DEFAULT_OVERLAP) -> Upscale:
@@ -164,7 +163,7 @@ def with_upscaler(upscaler: Upscaler, tile: int | None = None, overlap: int = DE
     return run
 
 
-def summarize(scores: list[ImageScore]) -> Summary:
+def mean_scores(scores: list[ImageScore]) -> Summary:
     """Means over images (PSNR averaged in dB, as the literature's tables do)."""
     def mean(values: list[float]) -> float:
         return math.fsum(values) / len(values)

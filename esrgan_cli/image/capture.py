@@ -44,7 +44,7 @@ def decoder_messages() -> Iterator[list[str]]:
             messages[:0] = [m for m in said if m]
 
 
-def summarise(messages: list[str], limit: int = 160) -> str | None:
+def decoder_note(messages: list[str], limit: int = 160) -> str | None:
     """One line for what a decoder said: the first distinct message and how many more there were."""
     distinct = list(dict.fromkeys(m for m in messages if m))
     if not distinct:

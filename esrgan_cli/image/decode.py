@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from esrgan_cli.errors import EsrganError, ImageReadError, first_line
-from esrgan_cli.image.capture import decoder_messages, summarise
+from esrgan_cli.image.capture import decoder_messages, decoder_note
 
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error, IndexError)
 _SIXTEEN = ("I;16", "I;16L", "I;16B", "I;16N", "I")
@@ -81,10 +81,10 @@ def read_image(path: Path, max_pixels: int | None = None, *, all_frames: bool = 
         with decoder_messages() as said:
             image = _decode(path, max_pixels, all_frames)
     except ImageReadError as e:
-        if (why := summarise(said, 120)) is None:
+        if (why := decoder_note(said, 120)) is None:
             raise
         raise ImageReadError(f"{e}; {why}") from e.__cause__
-    note = summarise(said)
+    note = decoder_note(said)
     return dataclasses.replace(image, notes=(*image.notes, note)) if note else image
 
 

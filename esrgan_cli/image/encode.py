@@ -18,9 +18,7 @@ from esrgan_cli.errors import ImageWriteError, first_line
 from esrgan_cli.files import atomic_write
 from esrgan_cli.image.animation import Animation, save_params
 from esrgan_cli.image.convert import luma, rounded, to_dtype
-from esrgan_cli.image.decode import LoadedImage, from_pil, read_image
-
-__all__ = ["LoadedImage", "from_pil", "read_image"]  # decoding lives in decode.py; re-exported for callers
+from esrgan_cli.image.decode import LoadedImage
 
 SIXTEEN_BIT_FORMATS = {"PNG", "TIFF"}
 ALPHA_FORMATS = {"PNG", "WEBP", "TIFF", "BMP", "GIF"}
@@ -38,16 +36,6 @@ def output_format(path: Path) -> str:
 def to_uint8(rgb: np.ndarray) -> np.ndarray:
     """Float [0, 1] → 8-bit, rounded."""
     return to_dtype(rgb, np.dtype(np.uint8))
-
-
-def image_files(folder: Path) -> list[Path]:
-    """Files under `folder` (recursive) with an image extension, hidden names skipped, sorted."""
-    root = Path(folder)
-    return sorted(
-        p for p in root.rglob("*")
-        if p.suffix.lower() in FORMATS and p.is_file()
-        and not any(part.startswith(".") for part in p.relative_to(root).parts)
-    )
 
 
 def output_bit_depth(image: LoadedImage, fmt: str) -> int:

@@ -17,7 +17,9 @@ from torch.utils.data import Dataset, Sampler
 
 from esrgan_cli.degrade.degradation import DegradationConfig, draw_sample
 from esrgan_cli.errors import ImageReadError, TrainingDataError
-from esrgan_cli.image.encode import image_files, read_image, to_uint8
+from esrgan_cli.files import image_files
+from esrgan_cli.image.decode import read_image
+from esrgan_cli.image.encode import to_uint8
 from esrgan_cli.image.resize import imresize
 
 DEFAULT_CACHE_BYTES = 2 << 30

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 from esrgan_cli.degrade.degradation import DegradationConfig, degrade, draw_batch
 from esrgan_cli.errors import TrainError
 from esrgan_cli.eval.distance import UnitFeatures, unit_distance
-from esrgan_cli.eval.score import EvalPair, score_pairs, summarize, with_upscaler
+from esrgan_cli.eval.score import EvalPair, mean_scores, score_pairs, with_upscaler
 from esrgan_cli.model.arch import RRDBNet
 from esrgan_cli.model.vgg import VGGFeatures, perceptual_loss
 from esrgan_cli.model.weights import LoadedWeights, save_safetensors
@@ -337,7 +337,7 @@ class Trainer:
             weights = LoadedWeights(self.ema.state_dict(), self.config.model, {}, Path("<ema>"), torch.float32)
             upscaler = Upscaler(weights, Placement(self.device, torch.float32, ""))
             upscale = with_upscaler(upscaler, None, VAL_OVERLAP)
-            summary = summarize(list(score_pairs(self.data.val_pairs, upscale, self.config.model.scale)))
+            summary = mean_scores(list(score_pairs(self.data.val_pairs, upscale, self.config.model.scale)))
             values = {"val_psnr": summary.psnr, "val_psnr_bicubic": summary.psnr_bicubic,
                       "val_ssim": summary.ssim}
             self._log({"iter": self.iteration, **values}, "val")

@@ -18,12 +18,8 @@ from PIL import Image
 from esrgan_cli.defaults import DEFAULT_MAX_OUTPUT_PIXELS, DEFAULT_OVERLAP
 from esrgan_cli.errors import ImageReadError
 from esrgan_cli.image.animation import MULTI_FRAME_FORMATS, Animation, check_frames, uniform_modes
-from esrgan_cli.image.encode import (
-    LoadedImage,
-    compose,
-    output_bit_depth,
-    resize_alpha,
-)
+from esrgan_cli.image.decode import LoadedImage
+from esrgan_cli.image.encode import compose, output_bit_depth, resize_alpha
 
 if TYPE_CHECKING:
     from esrgan_cli.upscale.engine import Engine

@@ -201,13 +201,13 @@ class Driver:
 def _outcome(job: Job, record: Record, journaling: Journaling) -> Outcome:
     """A replica's record as the local batch's outcome, journaled if the output was written."""
     if record.error is not None:
-        return Outcome(job, str(record.error), exception=record.error)
+        return Outcome.failed(job, record.error)
     try:
         journaling.journal.record(job, record.input_sha256, journaling.model_sha256, journaling.pixels,
                                   output_size=record.output_size)
     except EsrganError as e:
-        return Outcome(job, str(e), exception=e)
-    return Outcome(job, megapixels=record.megapixels, notes=record.notes, frames=record.frames)
+        return Outcome.failed(job, e)
+    return Outcome(job, record.written)
 
 
 def open_driver(options: ClusterOptions, weights: LoadedWeights, config: WorkerConfig) -> Driver:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from esrgan_cli.batch.jobs import Job
+from esrgan_cli.batch.runner import Written
 from esrgan_cli.errors import EsrganError, ImageReadError
 
 if TYPE_CHECKING:
@@ -56,10 +57,8 @@ class Record:
     key: str
     input_sha256: str = ""
     output_size: int = 0
-    megapixels: float = 0.0
-    notes: tuple[str, ...] = ()
+    written: Written | None = None
     error: EsrganError | None = None
-    frames: int = 1  # frames or pages written
 
 
 @dataclass(frozen=True)
@@ -106,7 +105,6 @@ class Replica:
 
     def run(self, task: Task) -> Record:
         """Upscale one file. An expected failure becomes the record's error; anything else is a bug and raises."""
-        from esrgan_cli.batch.runner import Written
         from esrgan_cli.files import sha256_of
 
         stages = self._stages
@@ -127,6 +125,4 @@ class Replica:
             return Record(task.key, error=e)
         except OSError as e:  # the output vanished between its rename and the stat: report, do not journal
             return Record(task.key, error=EsrganError(f"{job.dst}: cannot check the written output ({e})"))
-        if isinstance(written, Written):
-            return Record(task.key, sha, size, written.megapixels, written.notes, frames=written.frames)
-        return Record(task.key, sha, size, float(written))
+        return Record(task.key, sha, size, written)
