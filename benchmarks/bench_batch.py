@@ -21,9 +21,9 @@ import torch
 from PIL import Image
 
 import esrgan_cli
-from esrgan_cli.batch.jobs import list_jobs
+from esrgan_cli.batch._jobs import list_jobs
+from esrgan_cli.batch._stages import batch_stages
 from esrgan_cli.batch.runner import run_batch
-from esrgan_cli.batch.stages import batch_stages
 from esrgan_cli.model.arch import RRDBConfig, RRDBNet, init_weights
 from esrgan_cli.model.weights import LoadedWeights, load_weights
 from esrgan_cli.upscale.pipeline import UpscaleOptions

@@ -24,14 +24,14 @@ import torch
 from bench_batch import make_inputs  # benchmarks/ is the script's folder, so it is on sys.path
 
 import esrgan_cli
+from esrgan_cli.batch._jobs import list_jobs
+from esrgan_cli.batch._journal import Journal, pixel_options
+from esrgan_cli.batch._stages import batch_stages
 from esrgan_cli.batch.cluster.driver import Journaling, open_driver
 from esrgan_cli.batch.cluster.protocol import ClusterOptions
 from esrgan_cli.batch.cluster.worker import WorkerConfig
-from esrgan_cli.batch.jobs import list_jobs
-from esrgan_cli.batch.journal import Journal, pixel_options
 from esrgan_cli.batch.plan import BatchOptions, plan_batch
 from esrgan_cli.batch.runner import run_batch
-from esrgan_cli.batch.stages import batch_stages
 from esrgan_cli.files import sha256_of
 from esrgan_cli.model.registry import load_registry, resolve_model
 from esrgan_cli.model.weights import load_weights

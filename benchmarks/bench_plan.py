@@ -30,8 +30,8 @@ def mb(field):
 
 src, out, run, use_ray = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1"
 result = {"start_mb": mb("VmHWM:")}
-from esrgan_cli.batch.jobs import list_jobs
-from esrgan_cli.batch.journal import Journal, pixel_options
+from esrgan_cli.batch._jobs import list_jobs
+from esrgan_cli.batch._journal import Journal, pixel_options
 from esrgan_cli.batch.plan import BatchOptions, plan_batch
 from esrgan_cli.upscale.pipeline import UpscaleOptions
 options = UpscaleOptions()

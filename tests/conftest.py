@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from esrgan_cli.eval.metrics import psnr as metrics_psnr
+from esrgan_cli.eval._metrics import psnr as metrics_psnr
 from esrgan_cli.model.arch import RRDBConfig, RRDBNet, init_weights
 from esrgan_cli.model.weights import save_safetensors
 
@@ -173,7 +173,7 @@ def run_tiled(
     Each block's window goes through `model` whole and its core is pasted; returns the number of model calls. A
     plain tile callback over the engine's tiler, for testing the geometry with models whose reach is known."""
     from esrgan_cli.image.convert import to_dtype
-    from esrgan_cli.upscale.tiling import StagedTile, TilePlan, run_blocks
+    from esrgan_cli.upscale._tiling import StagedTile, TilePlan, run_blocks
 
     height, width = image.shape[:2]
     expected = (height * scale, width * scale)
@@ -195,7 +195,7 @@ def window_forward(up: Any, window: np.ndarray) -> np.ndarray:
     """The engine's compute on one H×W×C float32 window, whole, with no edge padding (the window may be cut from
     inside an image: reflecting its own edges would invent content) → its float32 output."""
     from esrgan_cli.model.arch import TAIL_REACH
-    from esrgan_cli.upscale.tiling import plan_staged
+    from esrgan_cli.upscale._tiling import plan_staged
 
     h, w = window.shape[:2]
     out = np.empty((h * up.scale, w * up.scale, up.channels), np.float32)

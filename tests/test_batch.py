@@ -16,8 +16,8 @@ import pytest
 from PIL import Image
 from test_cli import esrgan
 
-from esrgan_cli.batch.jobs import Job, list_jobs
-from esrgan_cli.batch.journal import Journal
+from esrgan_cli.batch._jobs import Job, list_jobs
+from esrgan_cli.batch._journal import Journal
 from esrgan_cli.batch.runner import Stages, Written, run_batch
 from esrgan_cli.errors import BatchError, EsrganError
 from esrgan_cli.files import sha256_of

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 from test_cli import esrgan
 
-from esrgan_cli.eval.metrics import y_channel
+from esrgan_cli.eval._metrics import y_channel
 from esrgan_cli.eval.score import mean_scores, pair_images, score_pairs, with_upscaler
 from esrgan_cli.model.registry import BundledFile, load_registry, resolve_model, weights_dir
 from esrgan_cli.model.weights import load_weights

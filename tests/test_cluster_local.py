@@ -16,11 +16,11 @@ from PIL import Image
 from test_batch import save_png
 from test_cli import assert_one_line_error, esrgan
 
+from esrgan_cli.batch._jobs import list_jobs
+from esrgan_cli.batch._journal import Journal, pixel_options
 from esrgan_cli.batch.cluster.driver import Journaling, open_driver
 from esrgan_cli.batch.cluster.protocol import ClusterOptions
 from esrgan_cli.batch.cluster.worker import WorkerConfig
-from esrgan_cli.batch.jobs import list_jobs
-from esrgan_cli.batch.journal import Journal, pixel_options
 from esrgan_cli.batch.plan import BatchOptions, plan_batch
 from esrgan_cli.batch.runner import Outcome
 from esrgan_cli.model.arch import RRDBConfig

@@ -14,6 +14,7 @@ import torch
 from PIL import Image, features
 from torch.utils.data import DataLoader, default_collate
 
+from esrgan_cli.degrade._jpeg import jpeg, quant_tables
 from esrgan_cli.degrade.degradation import (
     DegradationConfig,
     DegradationStage,
@@ -22,7 +23,6 @@ from esrgan_cli.degrade.degradation import (
     draw_batch,
     draw_sample,
 )
-from esrgan_cli.degrade.jpeg import jpeg, quant_tables
 from esrgan_cli.degrade.kernels import (
     GAUSSIAN,
     GENERALIZED,
@@ -32,7 +32,7 @@ from esrgan_cli.degrade.kernels import (
     identity_kernels,
     sinc_kernels,
 )
-from esrgan_cli.training.data import ImageSet, IterationSampler, PatchPairs, RealPatches
+from esrgan_cli.training._data import ImageSet, IterationSampler, PatchPairs, RealPatches
 
 from conftest import ROOT, random_image
 

@@ -11,9 +11,9 @@ import torch
 from esrgan_cli.errors import DeviceError, OutOfMemoryError
 from esrgan_cli.model.arch import RRDBConfig
 from esrgan_cli.model.weights import LoadedWeights, load_weights
+from esrgan_cli.upscale._sizing import auto_tile, tail_bytes_per_pixel, trunk_bytes_per_pixel
+from esrgan_cli.upscale._tiling import TileTooLarge
 from esrgan_cli.upscale.device import Placement, choose_placement
-from esrgan_cli.upscale.sizing import auto_tile, tail_bytes_per_pixel, trunk_bytes_per_pixel
-from esrgan_cli.upscale.tiling import TileTooLarge
 from esrgan_cli.upscale.upscaler import Upscaler
 
 from conftest import out_of_memory_above, random_image, run_tiled, tiny_model, window_forward
@@ -99,10 +99,10 @@ def rss(field):
 import sys, numpy as np, torch
 from pathlib import Path
 from esrgan_cli.upscale.device import choose_placement
-from esrgan_cli.upscale.sizing import tail_bytes_per_pixel, trunk_bytes_per_pixel
+from esrgan_cli.upscale._sizing import tail_bytes_per_pixel, trunk_bytes_per_pixel
 from esrgan_cli.upscale.upscaler import Upscaler
 from esrgan_cli.model.arch import TAIL_REACH
-from esrgan_cli.upscale.tiling import plan_staged
+from esrgan_cli.upscale._tiling import plan_staged
 def up_call(window):  # the whole window through the engine, no edge padding (conftest.window_forward)
     h, w = window.shape[:2]
     out = np.empty((h * 4, w * 4, 3), np.float32)
@@ -122,7 +122,7 @@ print((rss("VmHWM") - base) / 128 / 128, per_pixel)
 import sys, torch
 from pathlib import Path
 from esrgan_cli.upscale.device import choose_placement
-from esrgan_cli.upscale.sizing import trunk_bytes_per_pixel
+from esrgan_cli.upscale._sizing import trunk_bytes_per_pixel
 from esrgan_cli.upscale.upscaler import Upscaler
 from esrgan_cli.model.weights import load_weights
 up = Upscaler(load_weights(Path(sys.argv[1])), choose_placement("cpu", "fp32"))

@@ -14,8 +14,8 @@ from safetensors.torch import save_file
 from test_cli import assert_one_line_error, esrgan
 
 from esrgan_cli.errors import EsrganError, EvalDataError
+from esrgan_cli.eval._metrics import psnr, psnr_y, ssim, y_channel
 from esrgan_cli.eval.distance import load_distance
-from esrgan_cli.eval.metrics import psnr, psnr_y, ssim, y_channel
 from esrgan_cli.eval.score import Degradation, load_pair, pair_images, score_pairs
 from esrgan_cli.image.resize import imresize, modcrop, resize_matrix
 from esrgan_cli.model.vgg import PerceptualConfig, VGGFeatures

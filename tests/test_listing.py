@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from esrgan_cli.batch.jobs import Job, JobList, list_jobs
-from esrgan_cli.batch.journal import Journal
+from esrgan_cli.batch._jobs import Job, JobList, list_jobs
+from esrgan_cli.batch._journal import Journal
 from esrgan_cli.batch.plan import BatchOptions, plan_batch
 from esrgan_cli.defaults import FORMAT_SUFFIXES, IMAGE_SUFFIXES
 from esrgan_cli.errors import BatchError
@@ -143,7 +143,7 @@ def test_planning_hashes_only_inputs_the_journal_knows(tmp_path: Path, monkeypat
     (out / "3.png").write_bytes(b"done")
     journal.record(jobs[3], "wrong-sha", "m", {})
     hashed: list[Path] = []
-    monkeypatch.setattr("esrgan_cli.batch.journal.sha256_of", lambda p: hashed.append(p) or "wrong-sha")
+    monkeypatch.setattr("esrgan_cli.batch._journal.sha256_of", lambda p: hashed.append(p) or "wrong-sha")
     plan = plan_batch(jobs, 0, BatchOptions(), Journal(out), "m", {})
     assert hashed == [jobs[3].src]
     assert [j.key for j in plan.skipped] == ["3.png"] and len(plan.todo) == 4
@@ -156,8 +156,8 @@ def peak():  # VmHWM, not ru_maxrss: that one keeps the parent's peak across for
     return int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM:")).split()[1])
 root, n = Path(sys.argv[1]), int(sys.argv[2])
 import numpy
-from esrgan_cli.batch.jobs import list_jobs
-from esrgan_cli.batch.journal import Journal
+from esrgan_cli.batch._jobs import list_jobs
+from esrgan_cli.batch._journal import Journal
 from esrgan_cli.batch.plan import BatchOptions, plan_batch
 base = peak()
 start = time.process_time()

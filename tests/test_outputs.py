@@ -117,8 +117,8 @@ def test_a_full_disk_stops_the_batch_and_the_rerun_resumes(monkeypatch: pytest.M
 
 
 def test_a_journal_append_that_fills_the_disk_is_cut_back(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from esrgan_cli.batch.jobs import Job
-    from esrgan_cli.batch.journal import Journal
+    from esrgan_cli.batch._jobs import Job
+    from esrgan_cli.batch._journal import Journal
     from esrgan_cli.errors import DiskFullError
 
     src = save_png(tmp_path / "in.png")

@@ -11,9 +11,9 @@ import torch
 from esrgan_cli.defaults import EDGE_PAD
 from esrgan_cli.model.arch import TAIL_REACH, RRDBConfig
 from esrgan_cli.model.weights import LoadedWeights
+from esrgan_cli.upscale._sizing import tail_bytes_per_pixel, trunk_bytes_per_pixel
+from esrgan_cli.upscale._tiling import Region, plan_staged
 from esrgan_cli.upscale.device import Placement
-from esrgan_cli.upscale.sizing import tail_bytes_per_pixel, trunk_bytes_per_pixel
-from esrgan_cli.upscale.tiling import Region, plan_staged
 from esrgan_cli.upscale.upscaler import Upscaler
 
 from conftest import out_of_memory_above, padded_forward, random_image, tiny_model

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from esrgan_cli.errors import OutOfMemoryError
-from esrgan_cli.upscale.tiling import ENSEMBLE, Region, TileTooLarge, plan_tiles, split_evenly
+from esrgan_cli.upscale._tiling import ENSEMBLE, Region, TileTooLarge, plan_tiles, split_evenly
 
 from conftest import random_image, run_tiled
 

@@ -27,9 +27,9 @@ from esrgan_cli.image.resize import imresize
 from esrgan_cli.model.arch import INIT_SCHEMES, RRDBConfig
 from esrgan_cli.model.vgg import LAYERS, VGGLayer
 from esrgan_cli.model.weights import LoadedWeights, load_weights
+from esrgan_cli.training._data import ImageSet, IterationSampler, PatchPairs, augment
 from esrgan_cli.training.build import build_trainer
 from esrgan_cli.training.config import PerceptualInput, PerceptualLoss, Precision, Stage, TrainConfig, WeightInit
-from esrgan_cli.training.data import ImageSet, IterationSampler, PatchPairs, augment
 from esrgan_cli.training.state import read_state
 from esrgan_cli.upscale.device import Placement
 from esrgan_cli.upscale.upscaler import Upscaler

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from esrgan_cli.batch.jobs import Job, JobList
-from esrgan_cli.batch.journal import Journal
+from esrgan_cli.batch._jobs import Job, JobList
+from esrgan_cli.batch._journal import Journal
 from esrgan_cli.defaults import DEFAULT_QUALITY
 
 if TYPE_CHECKING:

@@ -14,12 +14,12 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from esrgan_cli.batch.jobs import Job, list_jobs
-from esrgan_cli.batch.journal import Journal, pixel_options
+from esrgan_cli.batch._jobs import Job, list_jobs
+from esrgan_cli.batch._journal import Journal, pixel_options
+from esrgan_cli.batch._stages import batch_stages
 from esrgan_cli.batch.plan import BatchOptions, BatchPlan, plan_batch
 from esrgan_cli.batch.report import BatchSummary, Tally, write_report
 from esrgan_cli.batch.runner import Outcome, run_batch
-from esrgan_cli.batch.stages import batch_stages
 from esrgan_cli.errors import EsrganError
 from esrgan_cli.files import folder_lock, sha256_of
 from esrgan_cli.upscale.pipeline import UpscaleOptions

@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from esrgan_cli.batch.jobs import Job
+from esrgan_cli.batch._jobs import Job
 from esrgan_cli.errors import DiskFullError, EsrganError
 
 D = TypeVar("D")

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from esrgan_cli.degrade.jpeg import jpeg
+from esrgan_cli.degrade._jpeg import jpeg
 from esrgan_cli.degrade.kernels import (
     GAUSSIAN,
     GENERALIZED,

@@ -17,7 +17,7 @@ import numpy as np
 
 from esrgan_cli.defaults import DEFAULT_OVERLAP
 from esrgan_cli.errors import EsrganError, EvalDataError, ImageReadError
-from esrgan_cli.eval.metrics import crop_border, psnr_y, ssim_y
+from esrgan_cli.eval._metrics import crop_border, psnr_y, ssim_y
 from esrgan_cli.files import image_files
 from esrgan_cli.image.decode import read_image
 from esrgan_cli.image.encode import to_uint8

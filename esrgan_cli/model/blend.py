@@ -7,7 +7,7 @@ from dataclasses import fields
 import torch
 
 from esrgan_cli.errors import WeightsError
-from esrgan_cli.model.layouts import StateDict
+from esrgan_cli.model._layouts import StateDict
 from esrgan_cli.model.weights import LoadedWeights
 
 

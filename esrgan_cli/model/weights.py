@@ -15,8 +15,7 @@ from safetensors.torch import load, save_file
 
 from esrgan_cli.errors import WeightsError, first_line
 from esrgan_cli.files import atomic_write, sha256_of
-from esrgan_cli.model.arch import RRDBConfig, RRDBNet
-from esrgan_cli.model.layouts import (
+from esrgan_cli.model._layouts import (
     StateDict,
     canonical_state_dict,
     check_matches,
@@ -24,6 +23,7 @@ from esrgan_cli.model.layouts import (
     describe,
     resolve_config,
 )
+from esrgan_cli.model.arch import RRDBConfig, RRDBNet
 
 PICKLE_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin")
 META_ARCH = "esrgan.arch"

@@ -15,13 +15,13 @@ from esrgan_cli.eval.score import pair_images
 from esrgan_cli.model.arch import INIT_SCHEMES, RRDBNet
 from esrgan_cli.model.vgg import Convention, PerceptualConfig, VGGFeatures, build_vgg, load_vgg_weights
 from esrgan_cli.model.weights import load_weights
+from esrgan_cli.training._data import ImageSet
+from esrgan_cli.training._discriminator import UNetDiscriminator, VGGDiscriminator
+from esrgan_cli.training._teacher import CacheKey, Teacher, TeacherCache, data_fingerprint, load_teacher
+from esrgan_cli.training._trainer import Adversary, GanParts, Networks, TrainData, Trainer
 from esrgan_cli.training.config import TrainConfig
-from esrgan_cli.training.data import ImageSet
-from esrgan_cli.training.discriminator import UNetDiscriminator, VGGDiscriminator
 from esrgan_cli.training.runtime import Distributed, Report, Reporter
 from esrgan_cli.training.state import STATE_FILE, read_state
-from esrgan_cli.training.teacher import CacheKey, Teacher, TeacherCache, data_fingerprint, load_teacher
-from esrgan_cli.training.trainer import Adversary, GanParts, Networks, TrainData, Trainer
 
 
 def build_trainer(config: TrainConfig, run_dir: Path, device: torch.device, *, resume: bool = False,

@@ -25,9 +25,8 @@ from esrgan_cli.errors import WeightsError
 from esrgan_cli.image.convert import luma, to_dtype
 from esrgan_cli.model.arch import TAIL_REACH, RRDBNet
 from esrgan_cli.model.weights import LoadedWeights, build_model
-from esrgan_cli.upscale.device import Placement, memory_budget
-from esrgan_cli.upscale.sizing import tile_sizes
-from esrgan_cli.upscale.tiling import (
+from esrgan_cli.upscale._sizing import tile_sizes
+from esrgan_cli.upscale._tiling import (
     ENSEMBLE,
     Region,
     StagedTile,
@@ -39,6 +38,7 @@ from esrgan_cli.upscale.tiling import (
     run_blocks,
     take_reflected,
 )
+from esrgan_cli.upscale.device import Placement, memory_budget
 
 Sink = Callable[[Region, torch.Tensor], None]
 """Receives a tail tile's output (C×h×w on the device) and where it goes, in output pixels of the window."""

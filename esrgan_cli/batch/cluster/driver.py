@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from esrgan_cli.batch._jobs import Job
+from esrgan_cli.batch._journal import Journal
 from esrgan_cli.batch.cluster.protocol import ClusterOptions, Pool, Ready, Result
 from esrgan_cli.batch.cluster.worker import Record, ReplicaInfo, Task
-from esrgan_cli.batch.jobs import Job
-from esrgan_cli.batch.journal import Journal
 from esrgan_cli.batch.runner import Outcome
 from esrgan_cli.errors import ClusterError, EsrganError
 
@@ -214,7 +214,7 @@ def open_driver(options: ClusterOptions, weights: LoadedWeights, config: WorkerC
     """Connect to the cluster (or start local processes) and start the replicas."""
     pool: Pool
     if options.address is not None:
-        from esrgan_cli.batch.cluster.raypool import open_ray_pool
+        from esrgan_cli.batch.cluster._raypool import open_ray_pool
 
         pool, workers = open_ray_pool(options, weights, config)
     else:

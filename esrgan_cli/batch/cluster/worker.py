@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from esrgan_cli.batch.jobs import Job
+from esrgan_cli.batch._jobs import Job
 from esrgan_cli.batch.runner import Written
 from esrgan_cli.errors import EsrganError, ImageReadError
 
@@ -86,7 +86,7 @@ class Replica:
         try:
             import torch
 
-            from esrgan_cli.batch.stages import batch_stages
+            from esrgan_cli.batch._stages import batch_stages
             from esrgan_cli.upscale.device import choose_placement
             from esrgan_cli.upscale.upscaler import Upscaler
 

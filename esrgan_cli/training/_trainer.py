@@ -22,16 +22,23 @@ from torch.utils.data import DataLoader, Dataset
 
 from esrgan_cli.degrade.degradation import DegradationConfig, degrade, draw_batch
 from esrgan_cli.errors import TrainError
-from esrgan_cli.eval.distance import UnitFeatures, unit_distance
+from esrgan_cli.eval.distance import UnitFeatures
 from esrgan_cli.eval.score import EvalPair, mean_scores, score_pairs, with_upscaler
 from esrgan_cli.model.arch import RRDBNet
-from esrgan_cli.model.vgg import VGGFeatures, perceptual_loss
+from esrgan_cli.model.vgg import VGGFeatures
 from esrgan_cli.model.weights import LoadedWeights, save_safetensors
+from esrgan_cli.training._data import ImageSet, IterationSampler, PatchPairs, RealPatches
+from esrgan_cli.training._teacher import Teacher, make_target
 from esrgan_cli.training.config import TrainConfig
-from esrgan_cli.training.data import ImageSet, IterationSampler, PatchPairs, RealPatches
+from esrgan_cli.training.losses import (
+    discriminator_loss,
+    flat_patches,
+    generator_gan_loss,
+    levels_error,
+    perceptual_term,
+)
 from esrgan_cli.training.runtime import Distributed, Report, Reporter
 from esrgan_cli.training.state import STATE_FILE, TrainState, append_log, trim_log, write_config, write_state
-from esrgan_cli.training.teacher import Teacher, make_target
 from esrgan_cli.upscale.device import Placement
 from esrgan_cli.upscale.upscaler import Upscaler
 
@@ -245,12 +252,7 @@ class Trainer:
         with self._autocast():
             sr, l_levels = self._generate(lr_img)
             l_pix = F.l1_loss(sr, target)
-            if gan.distance is None:
-                l_per = perceptual_loss(gan.vgg, sr, target)
-            else:
-                with torch.no_grad():
-                    wanted = gan.distance(target)
-                l_per = unit_distance(gan.distance(sr), wanted)
+            l_per = perceptual_term(gan.vgg, gan.distance, sr, target)
             g_loss = c.pixel_weight * l_pix + c.perceptual_weight * l_per
             if l_levels is not None:
                 g_loss = g_loss + c.levels_weight * l_levels
@@ -258,8 +260,7 @@ class Trainer:
                 d_train.requires_grad_(False)
                 real = d_train(hr_img).float().detach()
                 fake = d_train(sr).float()
-                # The original ESRGAN code averages the two relativistic terms; λ = 5e-3 was tuned with that.
-                l_gan = (_bce(real - fake.mean(), 0.0) + _bce(fake - real.mean(), 1.0)) / 2
+                l_gan = generator_gan_loss(real, fake)
                 g_loss = g_loss + c.gan_weight * l_gan
         self._update(self.g_opt, g_loss)
         terms = {"loss": g_loss.detach(), "l1": l_pix.detach(), "perceptual": l_per.detach()}
@@ -272,7 +273,7 @@ class Trainer:
         with self._autocast():
             real = d_train(hr_img).float()
             fake = d_train(sr.detach()).float()
-            d_loss = (_bce(real - fake.mean(), 1.0) + _bce(fake - real.mean(), 0.0)) / 2
+            d_loss = discriminator_loss(real, fake)
         self._update(self.adversary.opt, d_loss)
         return {**terms, "gan": l_gan.detach(), "d_loss": d_loss.detach(), "d_real": real.detach().mean(),
                 "d_fake": fake.detach().mean()}
@@ -370,24 +371,3 @@ class Trainer:
     def _emit(self, report: Report) -> None:
         if self._report is not None:
             self._report(report)
-
-
-def flat_patches(iteration: int, like: torch.Tensor) -> torch.Tensor:
-    """Flat black, white and gray LR patches shaped like `like`'s: the levels term's inputs. Real-world training
-    never shows a model noise-free flat black (its noise is clipped at 0), and it learns to lift it by a few levels.
-    The gray is a pure function of the iteration (golden-ratio steps), so a resumed run repeats it."""
-    gray = (iteration * 0.6180339887498949) % 1.0
-    levels = torch.tensor([0.0, 1.0, gray], device=like.device, dtype=like.dtype)
-    return levels.view(3, 1, 1, 1).expand(3, *like.shape[1:]).contiguous()
-
-
-def levels_error(out: torch.Tensor, flats: torch.Tensor) -> torch.Tensor:
-    """L1 between the centre of each flat patch's output and its level. The border is left out: there the model's
-    zero padding shapes the output, which the engine's reflected edge padding keeps away from images."""
-    h, w = out.shape[-2:]
-    centre = out[..., h // 4: h - h // 4, w // 4: w - w // 4]
-    return (centre - flats[:, :1, :1, :1]).abs().mean()
-
-
-def _bce(logits: torch.Tensor, target: float) -> torch.Tensor:
-    return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, target))

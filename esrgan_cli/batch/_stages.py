@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from esrgan_cli.batch.jobs import Job
-from esrgan_cli.batch.journal import Journal
+from esrgan_cli.batch._jobs import Job
+from esrgan_cli.batch._journal import Journal
 from esrgan_cli.batch.runner import Stages, Written
 from esrgan_cli.errors import EsrganError, ImageReadError, naming
 from esrgan_cli.files import sha256_of, write_failure

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from esrgan_cli.batch.jobs import Job
+from esrgan_cli.batch._jobs import Job
 from esrgan_cli.files import sha256_of, write_failure
 
 JOURNAL_NAME = ".esrgan-journal.jsonl"
