@@ -257,7 +257,7 @@ def test_the_levels_term_teaches_flat_black_and_white_to_stay_put(tmp_path: Path
     in either stage."""
     from esrgan_cli.model.levels import measure_levels
     from esrgan_cli.model.weights import load_weights
-    from esrgan_cli.training.losses import flat_patches, levels_error
+    from esrgan_cli.training._losses import flat_patches, levels_error
 
     flats = flat_patches(7, torch.zeros(2, 3, 8, 8))
     assert flats.shape == (3, 3, 8, 8) and flats[0].max() == 0 and flats[1].min() == 1

@@ -28,15 +28,15 @@ from esrgan_cli.model.arch import RRDBNet
 from esrgan_cli.model.vgg import VGGFeatures
 from esrgan_cli.model.weights import LoadedWeights, save_safetensors
 from esrgan_cli.training._data import ImageSet, IterationSampler, PatchPairs, RealPatches
-from esrgan_cli.training._teacher import Teacher, make_target
-from esrgan_cli.training.config import TrainConfig
-from esrgan_cli.training.losses import (
+from esrgan_cli.training._losses import (
     discriminator_loss,
     flat_patches,
     generator_gan_loss,
     levels_error,
     perceptual_term,
 )
+from esrgan_cli.training._teacher import Teacher, make_target
+from esrgan_cli.training.config import TrainConfig
 from esrgan_cli.training.runtime import Distributed, Report, Reporter
 from esrgan_cli.training.state import STATE_FILE, TrainState, append_log, trim_log, write_config, write_state
 from esrgan_cli.upscale.device import Placement
