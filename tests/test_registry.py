@@ -13,7 +13,8 @@ from huggingface_hub import errors as hf_errors
 
 from esrgan_cli.errors import ChecksumError, ModelNotFoundError
 from esrgan_cli.model.arch import RRDBConfig
-from esrgan_cli.model.registry import HubFile, load_registry, parse_hf_spec, resolve_model, weights_dir
+from esrgan_cli.model.hub import HubFile
+from esrgan_cli.model.registry import load_registry, parse_hf_spec, resolve_model, weights_dir
 from esrgan_cli.model.weights import load_weights, save_safetensors, sha256_of
 
 from conftest import tiny_model, to_esrgan_repo_layout

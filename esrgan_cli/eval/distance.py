@@ -149,7 +149,7 @@ def load_distance(weights: str | Path, convention: InputConvention = "auto", dev
     imagenet-rgb or caffe-bgr, as the trainer's --perceptual-input."""
     config = config or DistanceConfig()
     if str(weights) == "hub":
-        from esrgan_cli.model.registry import fetch
+        from esrgan_cli.model.hub import fetch
 
         path = fetch(VGG19_HUB, "the VGG19 weights for the perceptual distance",
                      offline_hint="pass --perceptual-weights PATH (a VGG19 file), or none")

@@ -18,7 +18,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from esrgan_cli.errors import WeightsError
-from esrgan_cli.model.registry import HubFile
+from esrgan_cli.model.hub import HubFile
 
 # torchvision's vgg19().features: "M" is a 2×2 max-pool.
 _VGG19 = (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512, "M")

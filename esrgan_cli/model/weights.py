@@ -168,6 +168,12 @@ def save_safetensors(
         save_file(tensors, str(tmp), metadata=meta)
 
 
+def convert_to_safetensors(source: Path, target: Path, extra_metadata: dict[str, str] | None = None) -> None:
+    """Any supported checkpoint → canonical safetensors at `target` (atomically), in the fp32 `load_weights` gives."""
+    weights = load_weights(source)
+    save_safetensors(weights.state_dict, weights.config, target, extra_metadata)
+
+
 def describe_weights(weights: LoadedWeights, source: str) -> dict[str, object]:
     """Everything `esrgan info` shows, as plain data."""
     c = weights.config

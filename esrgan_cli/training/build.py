@@ -111,7 +111,7 @@ def _perceptual_net(c: TrainConfig, warn: Callable[[str], None]) -> VGGFeatures:
         torch.manual_seed(c.seed)
         return VGGFeatures(PerceptualConfig(layer, _convention(c, None)))
     if c.perceptual_weights == "hub":
-        from esrgan_cli.model.registry import fetch
+        from esrgan_cli.model.hub import fetch
         from esrgan_cli.model.vgg import VGG19_HUB
 
         path = fetch(VGG19_HUB, "the VGG19 weights for the perceptual loss",
