@@ -51,6 +51,12 @@ class Journal:
                     except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
                         continue  # a line cut short by a crash: that output is simply redone
 
+    def append_only(self) -> None:
+        """Planning is done: drop the entries read and keep none of those recorded from here on, so a driver's
+        memory stays flat however long the batch."""
+        self.entries.clear()
+        self.retain = False
+
     def is_done(self, job: Job, model_sha256: str, options: dict[str, Any]) -> bool:
         entry = self.entries.get(job.key)
         if not entry or entry[1] != model_sha256 or entry[2] != options:

@@ -99,8 +99,7 @@ def _run_here(jobs: Sequence[Job], ignored: int, outdir: Path, model: _Model, op
     stages = batch_stages(upscaler, options, batch.quality, journal, model_sha, pixels)
 
     def execute(on_done: Callable[[Outcome], None], note: Callable[[str], None]) -> None:
-        stages.on_done = on_done
-        run_batch(plan.todo, stages)
+        run_batch(plan.todo, dataclasses.replace(stages, on_done=on_done))
 
     return _execute(plan, outdir, batch, (model.spec, model_sha), execute, events)
 
@@ -126,8 +125,7 @@ def _run_distributed(jobs: Sequence[Job], ignored: int, outdir: Path, model: _Mo
         pixels = pixel_options(dataclasses.asdict(options), batch.quality, info.dtype)
         journal = Journal(outdir)
         plan = plan_batch(jobs, ignored, batch, journal, model_sha, pixels)
-        journal.entries.clear()  # planning is done: the driver only appends from here on
-        journal.retain = False
+        journal.append_only()
 
         def execute(on_done: Callable[[Outcome], None], note: Callable[[str], None]) -> None:
             driver.on_note = note
