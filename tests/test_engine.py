@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -64,6 +65,31 @@ def test_out_of_memory_asks_the_tiler_for_smaller_tiles(tiny_weights: Path, monk
     canvas = np.zeros((160, 160, 3), np.float32)
     calls = run_tiled(image, lambda w: window_forward(up, w), 4, canvas, tile=0, overlap=4)
     assert calls > 1 and canvas.max() > 0
+
+
+def test_a_failed_attempt_releases_its_memory_before_the_smaller_retry(tiny_weights: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """On an H200 under a 1 GiB cap, retries ran beside the failed attempt's features (the out-of-memory error's
+    traceback held them) until no tile fitted. Each attempt here holds a tensor; by the time a smaller window runs,
+    every failed attempt's tensor must be gone."""
+    up = Upscaler(load_weights(tiny_weights), Placement(torch.device("cpu"), torch.float32))
+    trunk = up.model.trunk
+    attempts: list[tuple[int, weakref.ref[torch.Tensor]]] = []
+    alive_at_retry: list[int] = []
+
+    def limited(x: torch.Tensor) -> torch.Tensor:
+        held = torch.ones(1 << 16)  # what the attempt took: features, workspaces
+        alive_at_retry.append(sum(ref() is not None for _, ref in attempts))
+        attempts.append((x.shape[-1] * x.shape[-2], weakref.ref(held)))
+        if x.shape[-1] * x.shape[-2] > 48 * 48:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return trunk(x) + 0 * held[0]
+
+    monkeypatch.setattr(up.model, "trunk", limited)
+    canvas = np.zeros((160, 160, 3), np.uint8)
+    assert up.upscale_into(random_image(40, 40), canvas, 0, 4) > 1
+    assert attempts[0][0] > 48 * 48 and len(alive_at_retry) > 2
+    assert alive_at_retry == [0] * len(alive_at_retry)
 
 
 def test_out_of_memory_at_every_size_is_one_typed_line(tiny_weights: Path, monkeypatch: pytest.MonkeyPatch) -> None:

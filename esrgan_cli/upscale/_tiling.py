@@ -196,20 +196,23 @@ def run_blocks(plan: TilePlan, compute: Compute, on_progress: Callable[[int], No
             calls += 1
             try:
                 compute(block)
+                refused = False
             except TileTooLarge:
-                core = block.trunk.core
-                half = max(core.height, core.width, plan.align) // 2
-                if half < plan.min_tile:
-                    raise OutOfMemoryError(
-                        f"out of memory even with {max(core.height, core.width)}-pixel tiles; "
-                        "free memory, use a smaller model, or --device cpu"
-                    ) from None
-                smaller = min(tail, half) if tail > 0 else half
-                run(plan_staged(plan.height, plan.width, half, smaller, plan.overlap, plan.reach, plan.align, core),
-                    smaller)
+                refused = True
+            if not refused:
+                if on_progress:
+                    on_progress(block.trunk.core.area)
                 continue
-            if on_progress:
-                on_progress(block.trunk.core.area)
+            # Split outside the handler: the exception's traceback holds the failed attempt's frames until the
+            # handler ends, and with them whatever memory that attempt took.
+            core = block.trunk.core
+            half = max(core.height, core.width, plan.align) // 2
+            if half < plan.min_tile:
+                raise OutOfMemoryError(f"out of memory even with {max(core.height, core.width)}-pixel tiles; "
+                                       "free memory, use a smaller model, or --device cpu")
+            smaller = min(tail, half) if tail > 0 else half
+            run(plan_staged(plan.height, plan.width, half, smaller, plan.overlap, plan.reach, plan.align, core),
+                smaller)
 
     run(plan_staged(plan.height, plan.width, plan.trunk_tile, plan.tail_tile, plan.overlap, plan.reach, plan.align),
         plan.tail_tile)
