@@ -21,10 +21,12 @@ import torch
 from PIL import Image
 
 import esrgan_cli
-from esrgan_cli.arch import RRDBConfig, RRDBNet, init_weights
-from esrgan_cli.batch import collect_jobs, run_batch
-from esrgan_cli.pipeline import UpscaleOptions, batch_stages
-from esrgan_cli.weights import LoadedWeights, load_weights
+from esrgan_cli.batch._jobs import list_jobs
+from esrgan_cli.batch._stages import batch_stages
+from esrgan_cli.batch.runner import run_batch
+from esrgan_cli.model.arch import RRDBConfig, RRDBNet, init_weights
+from esrgan_cli.model.weights import LoadedWeights, load_weights
+from esrgan_cli.upscale.pipeline import UpscaleOptions
 
 
 def make_inputs(folder: Path, count: int, size: int, shared: Path) -> None:
@@ -72,7 +74,7 @@ def main() -> None:
             for overlap_io in (False, True):
                 best = float("inf")
                 for r in range(args.repeats):
-                    jobs, _ = collect_jobs([str(src)], Path(tmp) / f"out{r}")
+                    jobs, _ = list_jobs([str(src)], Path(tmp) / f"out{r}")
                     stages = batch_stages(upscaler, UpscaleOptions(tile=0), quality=95)
                     t0 = time.perf_counter()
                     outcomes = run_batch(jobs, stages, overlap_io=overlap_io)

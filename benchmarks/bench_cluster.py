@@ -24,13 +24,18 @@ import torch
 from bench_batch import make_inputs  # benchmarks/ is the script's folder, so it is on sys.path
 
 import esrgan_cli
-from esrgan_cli.batch import BatchOptions, Journal, collect_jobs, pixel_options, plan_batch, run_batch
-from esrgan_cli.cluster import ClusterOptions, Journaling, open_driver
-from esrgan_cli.cluster_worker import WorkerConfig
-from esrgan_cli.hashing import sha256_of
-from esrgan_cli.pipeline import UpscaleOptions, batch_stages
-from esrgan_cli.registry import load_registry, resolve_model
-from esrgan_cli.weights import load_weights
+from esrgan_cli.batch._jobs import list_jobs
+from esrgan_cli.batch._journal import Journal, pixel_options
+from esrgan_cli.batch._stages import batch_stages
+from esrgan_cli.batch.cluster.driver import Journaling, open_driver
+from esrgan_cli.batch.cluster.protocol import ClusterOptions
+from esrgan_cli.batch.cluster.worker import WorkerConfig
+from esrgan_cli.batch.plan import BatchOptions, plan_batch
+from esrgan_cli.batch.runner import run_batch
+from esrgan_cli.files import sha256_of
+from esrgan_cli.model.registry import load_registry, resolve_model
+from esrgan_cli.model.weights import load_weights
+from esrgan_cli.upscale.pipeline import UpscaleOptions
 
 OPTIONS = UpscaleOptions()
 THREADS = [1]  # torch threads per model replica (the local batch is one replica)
@@ -43,7 +48,7 @@ def local_batch(src: Path, out: Path, model: str) -> float:
     sha = sha256_of(upscaler.weights.path)
     pixels = pixel_options(dataclasses.asdict(OPTIONS), 95, "float32")
     out.mkdir()
-    jobs, _ = collect_jobs([str(src)], out)
+    jobs, _ = list_jobs([str(src)], out)
     journal = Journal(out)
     stages = batch_stages(upscaler, OPTIONS, 95, journal, sha, pixels)
     start = time.perf_counter()
@@ -65,7 +70,7 @@ def distributed(src: Path, out: Path, model: str, cluster: ClusterOptions) -> tu
         ready = time.perf_counter() - start
         pixels = pixel_options(dataclasses.asdict(OPTIONS), 95, info.dtype)
         out.mkdir()
-        jobs, ignored = collect_jobs([str(src)], out)
+        jobs, ignored = list_jobs([str(src)], out)
         journal = Journal(out)
         plan = plan_batch(jobs, ignored, BatchOptions(), journal, sha256_of(weights.path), pixels)
         failed: list[str] = []

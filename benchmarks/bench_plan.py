@@ -30,16 +30,18 @@ def mb(field):
 
 src, out, run, use_ray = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1"
 result = {"start_mb": mb("VmHWM:")}
-from esrgan_cli.batch import BatchOptions, Journal, collect_jobs, pixel_options, plan_batch
-from esrgan_cli.pipeline import UpscaleOptions
+from esrgan_cli.batch._jobs import list_jobs
+from esrgan_cli.batch._journal import Journal, pixel_options
+from esrgan_cli.batch.plan import BatchOptions, plan_batch
+from esrgan_cli.upscale.pipeline import UpscaleOptions
 options = UpscaleOptions()
 driver = None
 if use_ray:
-    from esrgan_cli.cluster import ClusterOptions, Journaling, open_driver
-    from esrgan_cli.cluster_worker import WorkerConfig
-    from esrgan_cli.registry import load_registry, resolve_model
-    from esrgan_cli.weights import load_weights
-    weights = load_weights(resolve_model(load_registry().default).path)
+    from esrgan_cli.batch.cluster.driver import Journaling, open_driver
+    from esrgan_cli.batch.cluster.protocol import ClusterOptions
+    from esrgan_cli.batch.cluster.worker import WorkerConfig
+    from esrgan_cli.model.registry import load_named
+    weights = load_named(None)
     t = time.perf_counter()
     driver = open_driver(ClusterOptions(address="local", workers=1, object_store_bytes=200_000_000), weights,
                          WorkerConfig(options=options, quality=95, device="cpu"))
@@ -49,7 +51,7 @@ if use_ray:
 else:
     dtype = "float32"
 start = time.perf_counter()
-jobs, ignored = collect_jobs([str(src)], out, recursive=True)
+jobs, ignored = list_jobs([str(src)], out, recursive=True)
 out.mkdir(exist_ok=True)
 journal = Journal(out)
 pixels = pixel_options(vars(options), 95, dtype)

@@ -167,8 +167,8 @@ def run_one(cfg: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     import esrgan_cli
-    from esrgan_cli.device import choose_placement
-    from esrgan_cli.weights import build_model, load_weights
+    from esrgan_cli.model.weights import build_model, load_weights
+    from esrgan_cli.upscale.device import choose_placement
 
     weights = load_weights(Path(cfg["model"]))
     placement = choose_placement(cfg["device"], cfg["precision"])
@@ -250,7 +250,7 @@ def main() -> None:
 
     import torch
 
-    from esrgan_cli.device import choose_placement
+    from esrgan_cli.upscale.device import choose_placement
 
     placement = choose_placement(args.device, args.precision)
     device = str(placement.device)

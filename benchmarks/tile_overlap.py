@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 import esrgan_cli
-from esrgan_cli.imageio import read_image
+from esrgan_cli.image.decode import read_image
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:

@@ -23,8 +23,9 @@ from pathlib import Path
 from PIL import Image
 
 import esrgan_cli
-from esrgan_cli.imageio import contact_sheet, read_image, to_uint8
-from esrgan_cli.resize import imresize
+from esrgan_cli.image.decode import read_image
+from esrgan_cli.image.encode import contact_sheet, to_uint8
+from esrgan_cli.image.resize import imresize
 
 
 def main() -> None:

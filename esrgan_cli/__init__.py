@@ -3,6 +3,7 @@
     import esrgan_cli
     upscaler = esrgan_cli.load_model()            # the bundled default; or a name, a file, hf:OWNER/REPO/FILE
     big = upscaler.upscale(image)                 # PIL.Image or numpy array in, the same kind out
+    esrgan_cli.upscale_files(["photos/"], "big/") # a whole batch, as `esrgan upscale photos/ -o big/` runs it
 
 Importing the package is cheap: torch, numpy and Pillow load on first use of what needs them.
 """
@@ -26,13 +27,22 @@ from esrgan_cli.errors import (
 
 if TYPE_CHECKING:
     from esrgan_cli.api import ModelInfo, available_models, load_model
-    from esrgan_cli.engine import Upscaler
-    from esrgan_cli.weights import LoadedWeights
+    from esrgan_cli.batch.cluster.protocol import ClusterOptions
+    from esrgan_cli.batch.plan import BatchOptions
+    from esrgan_cli.batch.report import BatchSummary
+    from esrgan_cli.batch.run import BatchEvents, upscale_files
+    from esrgan_cli.model.weights import LoadedWeights
+    from esrgan_cli.upscale.pipeline import UpscaleOptions
+    from esrgan_cli.upscale.upscaler import Upscaler
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BatchEvents",
+    "BatchOptions",
+    "BatchSummary",
     "ChecksumError",
+    "ClusterOptions",
     "DeviceError",
     "DiskFullError",
     "EsrganError",
@@ -43,11 +53,13 @@ __all__ = [
     "ModelNotFoundError",
     "OutOfMemoryError",
     "OutputWriteError",
+    "UpscaleOptions",
     "Upscaler",
     "WeightsError",
     "__version__",
     "available_models",
     "load_model",
+    "upscale_files",
 ]
 
 # Names resolved on first access (PEP 562), so `import esrgan_cli` does not import torch.
@@ -55,8 +67,14 @@ _LAZY = {
     "load_model": "esrgan_cli.api",
     "available_models": "esrgan_cli.api",
     "ModelInfo": "esrgan_cli.api",
-    "Upscaler": "esrgan_cli.engine",
-    "LoadedWeights": "esrgan_cli.weights",
+    "Upscaler": "esrgan_cli.upscale.upscaler",
+    "LoadedWeights": "esrgan_cli.model.weights",
+    "upscale_files": "esrgan_cli.batch.run",
+    "BatchEvents": "esrgan_cli.batch.run",
+    "BatchOptions": "esrgan_cli.batch.plan",
+    "BatchSummary": "esrgan_cli.batch.report",
+    "ClusterOptions": "esrgan_cli.batch.cluster.protocol",
+    "UpscaleOptions": "esrgan_cli.upscale.pipeline",
 }
 
 

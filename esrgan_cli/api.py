@@ -17,9 +17,9 @@ from esrgan_cli.errors import WeightsError
 if TYPE_CHECKING:
     import torch
 
-    from esrgan_cli.device import Precision
-    from esrgan_cli.engine import Upscaler
-    from esrgan_cli.weights import LoadedWeights
+    from esrgan_cli.model.weights import LoadedWeights
+    from esrgan_cli.upscale.device import Precision
+    from esrgan_cli.upscale.upscaler import Upscaler
 
 
 
@@ -49,10 +49,10 @@ def load_model(
     elsewhere), fp32, fp16 or bf16. Raises an `EsrganError` subclass with a one-line message on failure."""
     import torch
 
-    from esrgan_cli.device import choose_placement
-    from esrgan_cli.engine import Upscaler
-    from esrgan_cli.registry import load_registry, resolve_model
-    from esrgan_cli.weights import LoadedWeights, from_checkpoint, load_weights
+    from esrgan_cli.model.registry import load_named
+    from esrgan_cli.model.weights import LoadedWeights, from_checkpoint
+    from esrgan_cli.upscale.device import choose_placement
+    from esrgan_cli.upscale.upscaler import Upscaler
 
     placement = choose_placement(device, precision)
     if isinstance(spec, LoadedWeights):
@@ -62,14 +62,13 @@ def load_model(
             raise WeightsError("a state dict must map names to tensors")
         weights = from_checkpoint(dict(spec))
     else:
-        registry = load_registry()
-        weights = load_weights(resolve_model(str(spec) if spec is not None else registry.default, registry).path)
+        weights = load_named(str(spec) if spec is not None else None)
     return Upscaler(weights, placement)
 
 
 def available_models() -> list[ModelInfo]:
     """The registry's models, the default first."""
-    from esrgan_cli.registry import BundledFile, is_cached, load_registry
+    from esrgan_cli.model.registry import BundledFile, is_cached, load_registry
 
     registry = load_registry()
     infos = [

@@ -45,6 +45,35 @@ class OutOfMemoryError(EsrganError):
     """The device ran out of memory even at the smallest tile."""
 
 
+class FolderBusyError(OutputWriteError):
+    """Another esrgan batch is writing into the same output folder."""
+
+
+class BatchError(EsrganError):
+    """The batch cannot start: no inputs, a missing path, or two inputs that would write one output."""
+
+
+class ClusterError(EsrganError):
+    """The cluster cannot be used: Ray is missing, the address does not answer, or replicas cannot start."""
+
+
+class RayMissingError(ClusterError):
+    """`--ray` without the optional extra installed."""
+
+
+class EvalDataError(EsrganError):
+    """The HR/LR folders cannot be paired."""
+
+
+class TrainError(EsrganError):
+    """A run cannot start or continue."""
+
+
+class TrainingDataError(EsrganError):
+    """The training folder holds no usable image."""
+
+
+
 def first_line(e: BaseException, limit: int = 200) -> str:
     """An exception's message cut to one line, for error messages that must stay on one line."""
     text = str(e).strip().splitlines()

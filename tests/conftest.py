@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import torch
 
-from esrgan_cli.arch import RRDBConfig, RRDBNet, init_weights
-from esrgan_cli.metrics import psnr as metrics_psnr
-from esrgan_cli.weights import save_safetensors
+from esrgan_cli.eval._metrics import psnr as metrics_psnr
+from esrgan_cli.model.arch import RRDBConfig, RRDBNet, init_weights
+from esrgan_cli.model.weights import save_safetensors
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -164,6 +164,45 @@ def psnr(a: np.ndarray, b: np.ndarray, peak: float = 1.0) -> float:
 Forward = Callable[[torch.Tensor], torch.Tensor]
 
 
+def run_tiled(
+    image: np.ndarray, model: Callable[[np.ndarray], np.ndarray], scale: int, canvas: np.ndarray, *, tile: int,
+    overlap: int, align: int = 1, on_progress: Callable[[int], None] | None = None,
+) -> int:
+    """Upscale `image` (H×W×C float32) into `canvas` ((H·s)×(W·s)×C', any dtype) with a plain tile callback.
+
+    Each block's window goes through `model` whole and its core is pasted; returns the number of model calls. A
+    plain tile callback over the engine's tiler, for testing the geometry with models whose reach is known."""
+    from esrgan_cli.image.convert import to_dtype
+    from esrgan_cli.upscale._tiling import StagedTile, TilePlan, run_blocks
+
+    height, width = image.shape[:2]
+    expected = (height * scale, width * scale)
+    if canvas.shape[:2] != expected:
+        raise ValueError(f"canvas is {canvas.shape[:2]}, expected {expected}")
+
+    def paste(block: StagedTile) -> None:
+        t = block.trunk
+        out = model(image[t.window.slices()])
+        if out.shape[:2] != (t.window.height * scale, t.window.width * scale):
+            raise ValueError(f"model returned {out.shape[:2]} for a {t.window.height}×{t.window.width} window")
+        canvas[t.core.scaled(scale).slices()] = to_dtype(out[t.output_crop(scale).slices()], canvas.dtype)
+
+    plan = TilePlan(height, width, tile, 0, overlap, align=align)
+    return run_blocks(plan, paste, on_progress)
+
+
+def window_forward(up: Any, window: np.ndarray) -> np.ndarray:
+    """The engine's compute on one H×W×C float32 window, whole, with no edge padding (the window may be cut from
+    inside an image: reflecting its own edges would invent content) → its float32 output."""
+    from esrgan_cli.model.arch import TAIL_REACH
+    from esrgan_cli.upscale._tiling import plan_staged
+
+    h, w = window.shape[:2]
+    out = np.empty((h * up.scale, w * up.scale, up.channels), np.float32)
+    up._plain_block(window, out, plan_staged(h, w, 0, 0, 0, TAIL_REACH * up.align, up.align)[0], pad=0)
+    return out
+
+
 def padded_forward(up: Any, image: np.ndarray) -> np.ndarray:
     """What the engine computes for a whole image, built independently: the plain window callback on the image
     reflect-padded by EDGE_PAD on every side, cropped back."""
@@ -171,7 +210,7 @@ def padded_forward(up: Any, image: np.ndarray) -> np.ndarray:
 
     padded = np.pad(image, ((EDGE_PAD, EDGE_PAD), (EDGE_PAD, EDGE_PAD), (0, 0)), mode="reflect")
     e = EDGE_PAD * up.scale
-    return up(np.ascontiguousarray(padded))[e:-e, e:-e]
+    return window_forward(up, np.ascontiguousarray(padded))[e:-e, e:-e]
 
 
 def out_of_memory_above(fn: Forward, pixels: int) -> Forward:

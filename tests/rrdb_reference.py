@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
-from esrgan_cli.arch import RRDBConfig
+from esrgan_cli.model.arch import RRDBConfig
 
 StateDict = dict[str, torch.Tensor]
 

@@ -9,10 +9,12 @@ import pytest
 from PIL import Image
 from test_cli import esrgan
 
-from esrgan_cli.engine import Upscaler, choose_placement
-from esrgan_cli.imageio import output_format, read_image
-from esrgan_cli.pipeline import UpscaleOptions, upscale_file
-from esrgan_cli.weights import load_weights
+from esrgan_cli.image.decode import read_image
+from esrgan_cli.image.encode import output_format
+from esrgan_cli.model.weights import load_weights
+from esrgan_cli.upscale.device import choose_placement
+from esrgan_cli.upscale.pipeline import UpscaleOptions, upscale_file
+from esrgan_cli.upscale.upscaler import Upscaler
 
 DURATIONS = [40, 70, 100]
 LOOP = 2
@@ -148,7 +150,7 @@ def test_a_one_image_output_decodes_only_the_first_frame(upscaler: Upscaler, tmp
     """Frames a JPEG cannot hold are never decoded, so a long animation is not refused for them by the input
     limit, and the note still counts them."""
     from esrgan_cli.errors import ImageReadError
-    from esrgan_cli.pipeline import reads_all_frames
+    from esrgan_cli.upscale.pipeline import reads_all_frames
 
     src = save_animation(tmp_path / "anim.gif")
     options = UpscaleOptions(tile=0)
@@ -218,7 +220,7 @@ def test_frames_that_are_all_the_same_become_one_still_image(upscaler: Upscaler,
     # a file with such frames is read here as the decoder gives it, frame by frame.
     import dataclasses
 
-    from esrgan_cli.decode import Frames
+    from esrgan_cli.image.decode import Frames
 
     frames()[0].save(tmp_path / "still.png")
     still = read_image(tmp_path / "still.png")
@@ -230,8 +232,8 @@ def test_frames_that_are_all_the_same_become_one_still_image(upscaler: Upscaler,
 
 
 def test_gif_disposals_that_agree_are_given_as_one_value() -> None:
-    from esrgan_cli.animation import Animation, save_params
-    from esrgan_cli.decode import Frames
+    from esrgan_cli.image.animation import Animation, save_params
+    from esrgan_cli.image.decode import Frames
 
     def params(disposal: tuple[str, ...], fmt: str) -> object:
         timing = Frames(images=(), durations=(10.0, 20.0), loop=None, disposal=disposal, pages=False)  # type: ignore[arg-type]

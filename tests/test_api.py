@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,10 +18,10 @@ from PIL import Image
 from test_cli import esrgan
 
 import esrgan_cli
-from esrgan_cli.arch import RRDBConfig
-from esrgan_cli.device import Placement
-from esrgan_cli.engine import Upscaler
-from esrgan_cli.weights import LoadedWeights
+from esrgan_cli.model.arch import RRDBConfig
+from esrgan_cli.model.weights import LoadedWeights
+from esrgan_cli.upscale.device import Placement
+from esrgan_cli.upscale.upscaler import Upscaler
 
 from conftest import ROOT, padded_forward, psnr, random_image, tiny_model
 
@@ -38,6 +39,29 @@ def test_readme_python_api_example_runs() -> None:
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.strip().splitlines()
     assert lines[0].startswith("['compact-real-x4'") and "no-such-model" in lines[-1]
+
+
+def test_readme_batch_example_runs_and_resumes(tmp_path: Path) -> None:
+    """The README's `upscale_files` example, run twice in a folder holding a copy of examples/: the first run does
+    every image, the second skips them all (the journal), and the outputs are what `esrgan upscale` writes."""
+    shutil.copytree(ROOT / "examples", tmp_path / "examples")
+    env = {"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
+    runs = [subprocess.run([sys.executable, "-c", readme_block("python-batch")], cwd=tmp_path, capture_output=True,
+                           text=True, timeout=600, env=env) for _ in range(2)]
+    for proc in runs:
+        assert proc.returncode == 0, proc.stderr
+    images = sorted(p.name for p in (ROOT / "examples").iterdir() if p.suffix == ".png")
+    first, second = (proc.stdout.strip().splitlines() for proc in runs)
+    assert sorted(first[:-1]) == [f"done: {name}" for name in images]
+    assert first[-1] == f"{len(images)} 0 0" and second == [f"0 {len(images)} 0"]
+    report = json.loads((tmp_path / "examples_x4/report.json").read_text())
+    assert report["model"] == "compact-real-x4" and len(report["skipped"]) == len(images)
+    cli = tmp_path / "cli"
+    proc = esrgan("upscale", str(tmp_path / "examples"), "-o", str(cli), "--model", "compact-real-x4", "--device",
+                  "cpu", "--outscale", "2", "--format", "png", "-q")
+    assert proc.returncode == 0, proc.stderr
+    for name in images:
+        assert (cli / name).read_bytes() == (tmp_path / "examples_x4" / name).read_bytes()
 
 
 def test_import_is_lazy_and_the_public_names_resolve() -> None:
@@ -109,7 +133,7 @@ def test_pil_path_matches_the_command_line(upscaler: Upscaler, tmp_path: Path) -
     src = tmp_path / "in.png"
     Image.fromarray((random_image(12, 10, seed=7) * 255).astype(np.uint8)).save(src)
     weights = tmp_path / "tiny.safetensors"
-    from esrgan_cli.weights import save_safetensors
+    from esrgan_cli.model.weights import save_safetensors
 
     model = tiny_model()
     save_safetensors(model.state_dict(), model.config, weights)
@@ -161,7 +185,7 @@ def test_cli_tta_with_tile_64_equals_untiled_tta_on_200_pixels(tmp_path: Path) -
 # A CLI run whose model runs out of memory at every tile size on images that are nearly white, as CUDA would.
 OOM_SCRIPT = """
 import sys, torch
-from esrgan_cli.arch import RRDBNet
+from esrgan_cli.model.arch import RRDBNet
 real = RRDBNet.trunk
 def trunk(self, x):
     if float(x.float().mean()) > 0.9:

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from esrgan_cli.arch import RRDBConfig, RRDBNet, init_interpolating, init_weights
-from esrgan_cli.checkpoint import expected_shapes
+from esrgan_cli.model._layouts import expected_shapes
+from esrgan_cli.model.arch import RRDBConfig, RRDBNet, init_interpolating, init_weights
 
 from conftest import tiny_model
 

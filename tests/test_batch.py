@@ -16,11 +16,13 @@ import pytest
 from PIL import Image
 from test_cli import esrgan
 
-from esrgan_cli.arch import RRDBConfig
-from esrgan_cli.batch import BatchError, Job, Journal, Stages, collect_jobs, run_batch
-from esrgan_cli.errors import EsrganError
-from esrgan_cli.hashing import sha256_of
-from esrgan_cli.weights import save_safetensors
+from esrgan_cli.batch._jobs import Job, list_jobs
+from esrgan_cli.batch._journal import Journal
+from esrgan_cli.batch.runner import Stages, Written, run_batch
+from esrgan_cli.errors import BatchError, EsrganError
+from esrgan_cli.files import sha256_of
+from esrgan_cli.model.arch import RRDBConfig
+from esrgan_cli.model.weights import save_safetensors
 
 from conftest import ROOT, WAIT_S, default_sigint, random_image, tiny_model, wait_until
 
@@ -45,12 +47,12 @@ def tree(tmp_path: Path) -> Path:
 
 
 def test_collect_mirrors_the_tree_and_ignores_non_images(tree: Path, tmp_path: Path) -> None:
-    jobs, ignored = collect_jobs([str(tree)], tmp_path / "out", recursive=True)
+    jobs, ignored = list_jobs([str(tree)], tmp_path / "out", recursive=True)
     assert sorted(j.key for j in jobs) == ["a/b/corrupt.png", "a/b/deep.png", "a/mid.png", "a/photo.jpg", "top.png"]
     assert ignored == 1
-    flat, _ = collect_jobs([str(tree)], tmp_path / "out", recursive=False)
+    flat, _ = list_jobs([str(tree)], tmp_path / "out", recursive=False)
     assert [j.key for j in flat] == ["top.png"]
-    renamed, _ = collect_jobs([str(tree)], tmp_path / "out", recursive=True, fmt="webp", suffix="_x4")
+    renamed, _ = list_jobs([str(tree)], tmp_path / "out", recursive=True, fmt="webp", suffix="_x4")
     assert "a/photo_x4.webp" in {j.key for j in renamed}
 
 
@@ -58,19 +60,19 @@ def test_collisions_are_found_before_any_work(tmp_path: Path) -> None:
     save_png(tmp_path / "in" / "pic.png")
     save_png(tmp_path / "in" / "pic.jpg")
     with pytest.raises(BatchError, match="would both write"):
-        collect_jobs([str(tmp_path / "in")], tmp_path / "out", fmt="png")
+        list_jobs([str(tmp_path / "in")], tmp_path / "out", fmt="png")
     with pytest.raises(BatchError, match="overwrite the input"):
-        collect_jobs([str(tmp_path / "in" / "pic.png")], tmp_path / "in")
+        list_jobs([str(tmp_path / "in" / "pic.png")], tmp_path / "in")
 
 
 def test_globs_duplicates_and_outputs_inside_the_input(tmp_path: Path) -> None:
     a = save_png(tmp_path / "a.png")
     save_png(tmp_path / "b.png")
     save_png(tmp_path / "out" / "old_result.png")
-    jobs, _ = collect_jobs([str(tmp_path / "*.png"), str(a), str(tmp_path)], tmp_path / "out", recursive=True)
+    jobs, _ = list_jobs([str(tmp_path / "*.png"), str(a), str(tmp_path)], tmp_path / "out", recursive=True)
     assert sorted(j.key for j in jobs) == ["a.png", "b.png"]
     with pytest.raises(BatchError, match="no files match"):
-        collect_jobs([str(tmp_path / "*.gif")], tmp_path / "out")
+        list_jobs([str(tmp_path / "*.gif")], tmp_path / "out")
 
 
 def test_journal_validity(tmp_path: Path) -> None:
@@ -109,11 +111,11 @@ def test_runner_reports_failures_and_goes_on(overlap_io: bool, tmp_path: Path) -
             raise EsrganError("bad compute")
         return n * n
 
-    def encode(job: Job, n: int, sq: int) -> float:
+    def encode(job: Job, n: int, sq: int) -> Written:
         if n == 5:
             raise EsrganError("disk full")
         written.append(f"{n}:{sq}")
-        return 1.0
+        return Written(1.0)
 
     outcomes = run_batch(jobs, Stages(decode, compute, encode), overlap_io=overlap_io)
     assert sorted(o.job.key for o in outcomes) == [j.key for j in jobs]
@@ -137,12 +139,12 @@ def test_runner_overlaps_io_with_bounded_queues(tmp_path: Path) -> None:
     def compute(job: Job, _: None) -> None:
         time.sleep(0.002)
 
-    def encode(job: Job, _: None, __: None) -> float:
+    def encode(job: Job, _: None, __: None) -> Written:
         threads.add(threading.current_thread().name)
         time.sleep(0.004)
         with lock:
             encoded[0] += 1
-        return 0.0
+        return Written(0.0)
 
     assert len(run_batch(jobs, Stages(decode, compute, encode), overlap_io=True, depth=2)) == 30
     assert threading.current_thread().name not in threads and len(threads) == 2
@@ -156,7 +158,7 @@ def test_unexpected_errors_in_any_stage_reach_the_caller(stage: str, tmp_path: P
         if args[0] is jobs[2]:
             raise RuntimeError(f"bug in {stage}")
 
-    fns = {"decode": lambda j: None, "compute": lambda j, d: None, "encode": lambda j, d, r: 0.0}
+    fns = {"decode": lambda j: None, "compute": lambda j, d: None, "encode": lambda j, d, r: Written(0.0)}
     fns[stage] = boom
     with pytest.raises(RuntimeError, match=f"bug in {stage}"):
         run_batch(jobs, Stages(fns["decode"], fns["compute"], fns["encode"]), overlap_io=True)

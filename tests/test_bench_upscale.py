@@ -9,7 +9,7 @@ from types import ModuleType
 import numpy as np
 import torch
 
-from esrgan_cli.arch import RRDBConfig
+from esrgan_cli.model.arch import RRDBConfig
 
 from conftest import random_image, tiny_model
 

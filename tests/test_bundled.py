@@ -15,11 +15,12 @@ import torch
 from PIL import Image
 from test_cli import esrgan
 
-from esrgan_cli.engine import Upscaler, choose_placement
-from esrgan_cli.evaluate import pair_images, score_pairs, summarize, with_upscaler
-from esrgan_cli.metrics import y_channel
-from esrgan_cli.registry import BundledFile, load_registry, resolve_model, weights_dir
-from esrgan_cli.weights import load_weights
+from esrgan_cli.eval._metrics import y_channel
+from esrgan_cli.eval.score import mean_scores, pair_images, score_pairs, with_upscaler
+from esrgan_cli.model.registry import BundledFile, load_registry, resolve_model, weights_dir
+from esrgan_cli.model.weights import load_weights
+from esrgan_cli.upscale.device import choose_placement
+from esrgan_cli.upscale.upscaler import Upscaler
 
 from conftest import ROOT, WAIT_S
 
@@ -81,7 +82,7 @@ def test_model_card_figures_are_what_eval_measures(shared: Path, testset: str) -
     measured = {}
     for name in (PSNR, GAN):
         upscaler = Upscaler(load_weights(resolve_model(name).path), placement)
-        measured[name] = summarize(list(score_pairs(pairs, with_upscaler(upscaler), 4)))
+        measured[name] = mean_scores(list(score_pairs(pairs, with_upscaler(upscaler), 4)))
         assert figures[(name, testset)] == pytest.approx(measured[name].psnr, abs=0.006), name
     # The PSNR model is the faithful one, and well above bicubic.
     assert measured[PSNR].psnr > measured[GAN].psnr

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from esrgan_cli.arch import RRDBConfig
-from esrgan_cli.checkpoint import canonicalize, detect_config
 from esrgan_cli.errors import WeightsError
-from esrgan_cli.weights import build_model, load_weights, save_safetensors
+from esrgan_cli.model._layouts import canonicalize, detect_config
+from esrgan_cli.model.arch import RRDBConfig
+from esrgan_cli.model.weights import build_model, load_weights, save_safetensors
 
 from conftest import tiny_model, to_esrgan_repo_layout, to_oldest_layout
 from test_arch import CONFIGS

@@ -13,8 +13,8 @@ import pytest
 import torch
 from PIL import Image
 
-from esrgan_cli.arch import RRDBConfig
-from esrgan_cli.weights import save_safetensors
+from esrgan_cli.model.arch import RRDBConfig
+from esrgan_cli.model.weights import save_safetensors
 
 from conftest import ROOT, WAIT_S, random_image, start_esrgan_watching, tiny_model, wait_until
 

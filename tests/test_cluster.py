@@ -23,8 +23,8 @@ from PIL import Image
 from test_batch import save_png
 from test_cli import esrgan
 
-from esrgan_cli.arch import RRDBConfig
-from esrgan_cli.weights import save_safetensors
+from esrgan_cli.model.arch import RRDBConfig
+from esrgan_cli.model.weights import save_safetensors
 
 from conftest import ROOT, WAIT_S, default_sigint, tiny_model, wait_until
 

@@ -16,12 +16,16 @@ from PIL import Image
 from test_batch import save_png
 from test_cli import assert_one_line_error, esrgan
 
-from esrgan_cli.arch import RRDBConfig
-from esrgan_cli.batch import BatchOptions, Journal, Outcome, collect_jobs, pixel_options, plan_batch
-from esrgan_cli.cluster import ClusterOptions, Journaling, open_driver
-from esrgan_cli.cluster_worker import WorkerConfig
-from esrgan_cli.pipeline import UpscaleOptions
-from esrgan_cli.weights import load_weights, save_safetensors
+from esrgan_cli.batch._jobs import list_jobs
+from esrgan_cli.batch._journal import Journal, pixel_options
+from esrgan_cli.batch.cluster.driver import Journaling, open_driver
+from esrgan_cli.batch.cluster.protocol import ClusterOptions
+from esrgan_cli.batch.cluster.worker import WorkerConfig
+from esrgan_cli.batch.plan import BatchOptions, plan_batch
+from esrgan_cli.batch.runner import Outcome
+from esrgan_cli.model.arch import RRDBConfig
+from esrgan_cli.model.weights import load_weights, save_safetensors
+from esrgan_cli.upscale.pipeline import UpscaleOptions
 
 from conftest import ROOT, WAIT_S, tiny_model
 
@@ -74,7 +78,7 @@ def run_on_processes(src: Path, out: Path, weights: Path, kill_one: bool = False
     try:
         info = driver.first_ready()
         out.mkdir(exist_ok=True)
-        jobs, ignored = collect_jobs([str(src)], out)
+        jobs, ignored = list_jobs([str(src)], out)
         pixels = pixel_options(vars(options), 95, info.dtype)
         journal = Journal(out)
         plan = plan_batch(jobs, ignored, BatchOptions(), journal, "model-sha", pixels)

@@ -41,4 +41,4 @@ def test_one_halving_recursion() -> None:
     """Only tiling.run_blocks splits a block that ran out of memory."""
     halving = [name for name, text in _modules() if re.search(r"//\s*2\b", text) and "TileTooLarge" in text
                and re.search(r"except\s+TileTooLarge", text)]
-    assert halving == ["esrgan_cli/tiling.py"], halving
+    assert halving == ["esrgan_cli/upscale/_tiling.py"], halving

@@ -14,9 +14,9 @@ import pytest
 from PIL import Image, ImageFile
 from test_cli import esrgan
 
-from esrgan_cli.capture import decoder_messages
 from esrgan_cli.errors import ImageReadError
-from esrgan_cli.imageio import read_image
+from esrgan_cli.image.capture import decoder_messages
+from esrgan_cli.image.decode import read_image
 
 from conftest import random_image
 

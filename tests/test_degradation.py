@@ -14,8 +14,8 @@ import torch
 from PIL import Image, features
 from torch.utils.data import DataLoader, default_collate
 
-from esrgan_cli.training.data import ImageSet, IterationSampler, PatchPairs, RealPatches
-from esrgan_cli.training.degradation import (
+from esrgan_cli.degrade._jpeg import jpeg, quant_tables
+from esrgan_cli.degrade.degradation import (
     DegradationConfig,
     DegradationStage,
     add_noise,
@@ -23,8 +23,7 @@ from esrgan_cli.training.degradation import (
     draw_batch,
     draw_sample,
 )
-from esrgan_cli.training.jpeg import jpeg, quant_tables
-from esrgan_cli.training.kernels import (
+from esrgan_cli.degrade.kernels import (
     GAUSSIAN,
     GENERALIZED,
     PLATEAU,
@@ -33,6 +32,7 @@ from esrgan_cli.training.kernels import (
     identity_kernels,
     sinc_kernels,
 )
+from esrgan_cli.training._data import ImageSet, IterationSampler, PatchPairs, RealPatches
 
 from conftest import ROOT, random_image
 

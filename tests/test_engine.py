@@ -8,14 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from esrgan_cli.arch import RRDBConfig
-from esrgan_cli.device import Placement, auto_tile, bytes_per_input_pixel, choose_placement
-from esrgan_cli.engine import Upscaler
 from esrgan_cli.errors import DeviceError, OutOfMemoryError
-from esrgan_cli.tiling import TileTooLarge, run_tiled
-from esrgan_cli.weights import LoadedWeights, load_weights
+from esrgan_cli.model.arch import RRDBConfig
+from esrgan_cli.model.weights import LoadedWeights, load_weights
+from esrgan_cli.upscale._sizing import auto_tile, tail_bytes_per_pixel, trunk_bytes_per_pixel
+from esrgan_cli.upscale._tiling import TileTooLarge
+from esrgan_cli.upscale.device import Placement, choose_placement
+from esrgan_cli.upscale.upscaler import Upscaler
 
-from conftest import out_of_memory_above, random_image, tiny_model
+from conftest import out_of_memory_above, random_image, run_tiled, tiny_model, window_forward
 
 
 def test_cpu_defaults_to_fp32_and_never_runs_half_precision() -> None:
@@ -44,12 +45,12 @@ def test_fp16_overflow_is_recomputed_in_fp32() -> None:
     sd["conv_first.weight"] = sd["conv_first.weight"] * 3e4  # > 65504 after the first conv: inf in fp16
     weights = LoadedWeights(sd, model.config, {}, Path("overflow"), torch.float32)
     image = random_image(12, 12)
-    reference = Upscaler(weights, Placement(torch.device("cpu"), torch.float32))(image)
+    reference = window_forward(Upscaler(weights, Placement(torch.device("cpu"), torch.float32)), image)
     half = Upscaler(weights, Placement(torch.device("cpu"), torch.float16))
     with torch.inference_mode():
         raw = half.model(torch.from_numpy(image.transpose(2, 0, 1).copy())[None].half())
     assert not torch.isfinite(raw).all()  # the premise: fp16 really overflows here
-    out = half(image)
+    out = window_forward(half, image)
     assert half.fp32_retries == 1
     assert np.isfinite(out).all() and np.array_equal(out, reference)
 
@@ -58,10 +59,10 @@ def test_out_of_memory_asks_the_tiler_for_smaller_tiles(tiny_weights: Path, monk
     up = Upscaler(load_weights(tiny_weights), Placement(torch.device("cpu"), torch.float32))
     monkeypatch.setattr(up.model, "trunk", out_of_memory_above(up.model.trunk, 24 * 24))
     with pytest.raises(TileTooLarge):
-        up(random_image(40, 40))
+        window_forward(up, random_image(40, 40))
     image = random_image(40, 40)
     canvas = np.zeros((160, 160, 3), np.float32)
-    calls = run_tiled(image, up, 4, canvas, tile=0, overlap=4)
+    calls = run_tiled(image, lambda w: window_forward(up, w), 4, canvas, tile=0, overlap=4)
     assert calls > 1 and canvas.max() > 0
 
 
@@ -75,7 +76,7 @@ def test_out_of_memory_at_every_size_is_one_typed_line(tiny_weights: Path, monke
 
 
 def test_auto_tile_runs_whole_images_that_fit_and_tiles_those_that_do_not() -> None:
-    per_pixel = bytes_per_input_pixel(RRDBConfig(), torch.float32)
+    per_pixel = trunk_bytes_per_pixel(RRDBConfig(), torch.float32) + tail_bytes_per_pixel(RRDBConfig(), torch.float32)
     assert auto_tile(100, 100, 48, per_pixel, budget=int(per_pixel * 100 * 100)) == 0
     tile = auto_tile(4000, 3000, 48, per_pixel, budget=int(per_pixel * 512 * 512))
     assert 0 < tile and (tile + 2 * 48) ** 2 * per_pixel <= per_pixel * 512 * 512 and tile % 8 == 0
@@ -97,23 +98,33 @@ def rss(field):
     code = hwm + """
 import sys, numpy as np, torch
 from pathlib import Path
-from esrgan_cli.device import bytes_per_input_pixel, choose_placement
-from esrgan_cli.engine import Upscaler
-from esrgan_cli.weights import load_weights
+from esrgan_cli.upscale.device import choose_placement
+from esrgan_cli.upscale._sizing import tail_bytes_per_pixel, trunk_bytes_per_pixel
+from esrgan_cli.upscale.upscaler import Upscaler
+from esrgan_cli.model.arch import TAIL_REACH
+from esrgan_cli.upscale._tiling import plan_staged
+def up_call(window):  # the whole window through the engine, no edge padding (conftest.window_forward)
+    h, w = window.shape[:2]
+    out = np.empty((h * 4, w * 4, 3), np.float32)
+    up._plain_block(window, out, plan_staged(h, w, 0, 0, 0, TAIL_REACH, 1)[0], pad=0)
+    return out
+from esrgan_cli.model.weights import load_weights
 up = Upscaler(load_weights(Path(sys.argv[1])), choose_placement("cpu", "fp32"))
-up(np.random.rand(16, 16, 3).astype(np.float32))
+up_call(np.random.rand(16, 16, 3).astype(np.float32))
 image = np.random.rand(128, 128, 3).astype(np.float32)
 reset_peak()
 base = rss("VmRSS")
-up(image)
-print((rss("VmHWM") - base) / 128 / 128, bytes_per_input_pixel(up.config, torch.float32))
+up_call(image)
+per_pixel = trunk_bytes_per_pixel(up.config, torch.float32) + tail_bytes_per_pixel(up.config, torch.float32)
+print((rss("VmHWM") - base) / 128 / 128, per_pixel)
 """
     trunk_code = hwm + """
 import sys, torch
 from pathlib import Path
-from esrgan_cli.device import choose_placement, trunk_bytes_per_pixel
-from esrgan_cli.engine import Upscaler
-from esrgan_cli.weights import load_weights
+from esrgan_cli.upscale.device import choose_placement
+from esrgan_cli.upscale._sizing import trunk_bytes_per_pixel
+from esrgan_cli.upscale.upscaler import Upscaler
+from esrgan_cli.model.weights import load_weights
 up = Upscaler(load_weights(Path(sys.argv[1])), choose_placement("cpu", "fp32"))
 with torch.inference_mode():
     up.model.trunk(torch.rand(1, 3, 16, 16).contiguous(memory_format=torch.channels_last))

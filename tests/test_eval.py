@@ -13,12 +13,12 @@ from PIL import Image
 from safetensors.torch import save_file
 from test_cli import assert_one_line_error, esrgan
 
-from esrgan_cli.errors import EsrganError
-from esrgan_cli.evaluate import Degradation, EvalDataError, load_pair, pair_images, score_pairs
-from esrgan_cli.metrics import psnr, psnr_y, ssim, y_channel
-from esrgan_cli.perceptual_distance import load_distance
-from esrgan_cli.resize import imresize, modcrop, resize_matrix
-from esrgan_cli.training.perceptual import PerceptualConfig, VGGFeatures
+from esrgan_cli.errors import EsrganError, EvalDataError
+from esrgan_cli.eval._metrics import psnr, psnr_y, ssim, y_channel
+from esrgan_cli.eval.distance import load_distance
+from esrgan_cli.eval.score import Degradation, load_pair, pair_images, score_pairs
+from esrgan_cli.image.resize import imresize, modcrop, resize_matrix
+from esrgan_cli.model.vgg import PerceptualConfig, VGGFeatures
 
 from conftest import random_image
 

@@ -9,9 +9,9 @@ import numpy as np
 from PIL import Image
 from test_cli import assert_one_line_error, esrgan
 
-from esrgan_cli.evaluate import EvalPair, load_pair
-from esrgan_cli.realworld import image_number, real_degradation
-from esrgan_cli.resize import imresize
+from esrgan_cli.eval.realworld import image_number, real_degradation
+from esrgan_cli.eval.score import EvalPair, load_pair
+from esrgan_cli.image.resize import imresize
 
 from conftest import random_image
 

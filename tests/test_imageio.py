@@ -9,11 +9,13 @@ import numpy as np
 import pytest
 from PIL import Image, ImageCms
 
-from esrgan_cli.engine import Upscaler, choose_placement
 from esrgan_cli.errors import ImageReadError, ImageWriteError
-from esrgan_cli.imageio import output_format, read_image, write_image
-from esrgan_cli.pipeline import UpscaleOptions, upscale_image
-from esrgan_cli.weights import load_weights
+from esrgan_cli.image.decode import read_image
+from esrgan_cli.image.encode import output_format, write_image
+from esrgan_cli.model.weights import load_weights
+from esrgan_cli.upscale.device import choose_placement
+from esrgan_cli.upscale.pipeline import UpscaleOptions, upscale_image
+from esrgan_cli.upscale.upscaler import Upscaler
 
 from conftest import padded_forward, random_image
 

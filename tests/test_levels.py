@@ -10,10 +10,10 @@ import torch
 from test_cli import assert_one_line_error, esrgan
 
 import esrgan_cli
-from esrgan_cli.arch import RRDBConfig, RRDBNet, init_interpolating
 from esrgan_cli.errors import WeightsError
-from esrgan_cli.levels import measure_levels, true_levels
-from esrgan_cli.weights import build_model, load_weights, save_safetensors
+from esrgan_cli.model.arch import RRDBConfig, RRDBNet, init_interpolating
+from esrgan_cli.model.levels import measure_levels, true_levels
+from esrgan_cli.model.weights import build_model, load_weights, save_safetensors
 
 from conftest import tiny_model
 

@@ -12,9 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from esrgan_cli.batch import BatchError, BatchOptions, Job, Journal, collect_jobs, plan_batch
+from esrgan_cli.batch._jobs import Job, JobList, list_jobs
+from esrgan_cli.batch._journal import Journal
+from esrgan_cli.batch.plan import BatchOptions, plan_batch
 from esrgan_cli.defaults import FORMAT_SUFFIXES, IMAGE_SUFFIXES
-from esrgan_cli.listing import JobList
+from esrgan_cli.errors import BatchError
 
 from conftest import ROOT
 
@@ -100,7 +102,7 @@ def test_plans_exactly_what_the_reference_planned(odd_tree: Path, recursive: boo
         except BatchError as e:
             want = str(e)
         try:
-            jobs, ignored = collect_jobs(inputs, out, recursive, fmt, suffix)
+            jobs, ignored = list_jobs(inputs, out, recursive, fmt, suffix)
             got: tuple[list[Job], int] | str = (list(jobs), ignored)
         except BatchError as e:
             got = str(e)
@@ -119,12 +121,12 @@ def test_errors_match_the_reference(tmp_path: Path) -> None:
         with pytest.raises(BatchError) as want:
             reference_collect(inputs, out, True, fmt)
         with pytest.raises(BatchError) as got:
-            collect_jobs(inputs, out, True, fmt)
+            list_jobs(inputs, out, True, fmt)
         assert str(got.value) == str(want.value)
 
 
 def test_job_list_is_a_sequence(odd_tree: Path, tmp_path: Path) -> None:
-    jobs, _ = collect_jobs([str(odd_tree)], tmp_path / "o", recursive=True)
+    jobs, _ = list_jobs([str(odd_tree)], tmp_path / "o", recursive=True)
     assert isinstance(jobs, JobList) and len(jobs) == len(list(jobs)) >= 8
     assert jobs[-1] == list(jobs)[-1] and list(jobs[1:3]) == list(jobs)[1:3]
     with pytest.raises(IndexError):
@@ -136,12 +138,12 @@ def test_planning_hashes_only_inputs_the_journal_knows(tmp_path: Path, monkeypat
         touch(tmp_path / "in" / f"{i}.png")
     out = tmp_path / "out"
     out.mkdir()
-    jobs, _ = collect_jobs([str(tmp_path / "in")], out)
+    jobs, _ = list_jobs([str(tmp_path / "in")], out)
     journal = Journal(out)
     (out / "3.png").write_bytes(b"done")
     journal.record(jobs[3], "wrong-sha", "m", {})
     hashed: list[Path] = []
-    monkeypatch.setattr("esrgan_cli.batch.sha256_of", lambda p: hashed.append(p) or "wrong-sha")
+    monkeypatch.setattr("esrgan_cli.batch._journal.sha256_of", lambda p: hashed.append(p) or "wrong-sha")
     plan = plan_batch(jobs, 0, BatchOptions(), Journal(out), "m", {})
     assert hashed == [jobs[3].src]
     assert [j.key for j in plan.skipped] == ["3.png"] and len(plan.todo) == 4
@@ -154,10 +156,12 @@ def peak():  # VmHWM, not ru_maxrss: that one keeps the parent's peak across for
     return int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM:")).split()[1])
 root, n = Path(sys.argv[1]), int(sys.argv[2])
 import numpy
-from esrgan_cli.batch import BatchOptions, Journal, collect_jobs, plan_batch
+from esrgan_cli.batch._jobs import list_jobs
+from esrgan_cli.batch._journal import Journal
+from esrgan_cli.batch.plan import BatchOptions, plan_batch
 base = peak()
 start = time.process_time()
-jobs, _ = collect_jobs([str(root)], root.parent / "out", recursive=True)
+jobs, _ = list_jobs([str(root)], root.parent / "out", recursive=True)
 plan = plan_batch(jobs, 0, BatchOptions(), Journal(root.parent / "out"), "m", {})
 assert len(plan.todo) == n
 print((peak() - base) * 1024 / n, time.process_time() - start)

@@ -12,11 +12,12 @@ from PIL import Image
 from safetensors import safe_open
 from test_cli import assert_one_line_error, esrgan
 
-from esrgan_cli.arch import RRDBConfig
-from esrgan_cli.blend import parse_alphas
-from esrgan_cli.engine import Upscaler, choose_placement
-from esrgan_cli.imageio import read_image
-from esrgan_cli.weights import load_weights, save_safetensors, sha256_of
+from esrgan_cli.image.decode import read_image
+from esrgan_cli.model.arch import RRDBConfig
+from esrgan_cli.model.blend import parse_alphas
+from esrgan_cli.model.weights import load_weights, save_safetensors, sha256_of
+from esrgan_cli.upscale.device import choose_placement
+from esrgan_cli.upscale.upscaler import Upscaler
 
 from conftest import random_image, run_upscaler, tiny_model
 

@@ -57,7 +57,7 @@ def test_every_created_file_honours_the_umask(mask: int, expected: int, tiny_wei
 
 
 def test_atomic_write_gives_the_umask_mode_in_process(umask_022: None, tmp_path: Path) -> None:
-    from esrgan_cli.atomic import atomic_write
+    from esrgan_cli.files import atomic_write
 
     with atomic_write(tmp_path / "x.bin") as tmp:
         tmp.write_bytes(b"data")
@@ -117,7 +117,8 @@ def test_a_full_disk_stops_the_batch_and_the_rerun_resumes(monkeypatch: pytest.M
 
 
 def test_a_journal_append_that_fills_the_disk_is_cut_back(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from esrgan_cli.batch import Job, Journal
+    from esrgan_cli.batch._jobs import Job
+    from esrgan_cli.batch._journal import Journal
     from esrgan_cli.errors import DiskFullError
 
     src = save_png(tmp_path / "in.png")
@@ -144,7 +145,7 @@ def test_a_second_batch_into_a_busy_folder_is_refused(monkeypatch: pytest.Monkey
                                                       tmp_path: Path) -> None:
     from test_decode import run_cli
 
-    from esrgan_cli.atomic import folder_lock
+    from esrgan_cli.files import folder_lock
 
     save_png(tmp_path / "in" / "a.png")
     out = tmp_path / "out"

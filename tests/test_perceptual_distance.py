@@ -15,7 +15,7 @@ from safetensors.torch import save_file
 from torch.nn import functional as F
 
 from esrgan_cli.errors import ModelNotFoundError, WeightsError
-from esrgan_cli.perceptual_distance import (
+from esrgan_cli.eval.distance import (
     DistanceConfig,
     PerceptualDistance,
     UnitFeatures,
@@ -23,7 +23,7 @@ from esrgan_cli.perceptual_distance import (
     load_distance,
     unit_distance,
 )
-from esrgan_cli.training.perceptual import PerceptualConfig, VGGFeatures
+from esrgan_cli.model.vgg import PerceptualConfig, VGGFeatures
 
 from conftest import random_image
 

@@ -14,9 +14,10 @@ from safetensors.torch import load_file
 from torch.nn import functional as F
 
 from esrgan_cli.defaults import DEFAULT_OVERLAP, EDGE_PAD
-from esrgan_cli.engine import Upscaler, choose_placement
-from esrgan_cli.imageio import read_image
-from esrgan_cli.weights import load_weights
+from esrgan_cli.image.decode import read_image
+from esrgan_cli.model.weights import load_weights
+from esrgan_cli.upscale.device import choose_placement
+from esrgan_cli.upscale.upscaler import Upscaler
 
 from conftest import ROOT, psnr, run_upscaler
 

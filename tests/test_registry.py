@@ -11,10 +11,11 @@ import pytest
 import torch
 from huggingface_hub import errors as hf_errors
 
-from esrgan_cli.arch import RRDBConfig
 from esrgan_cli.errors import ChecksumError, ModelNotFoundError
-from esrgan_cli.registry import HubFile, load_registry, parse_hf_spec, resolve_model, weights_dir
-from esrgan_cli.weights import load_weights, save_safetensors, sha256_of
+from esrgan_cli.model.arch import RRDBConfig
+from esrgan_cli.model.hub import HubFile
+from esrgan_cli.model.registry import load_registry, parse_hf_spec, resolve_model, weights_dir
+from esrgan_cli.model.weights import load_weights, save_safetensors, sha256_of
 
 from conftest import tiny_model, to_esrgan_repo_layout
 
@@ -105,7 +106,7 @@ def test_hf_spec_downloads_the_named_file(hub, tmp_path: Path) -> None:
     files, calls = hub
     st = tmp_path / "hub" / "x.safetensors"
     st.parent.mkdir()
-    from esrgan_cli.weights import save_safetensors
+    from esrgan_cli.model.weights import save_safetensors
 
     model = tiny_model()
     save_safetensors(model.state_dict(), model.config, st)
@@ -264,7 +265,8 @@ def test_an_x2_real_esrgan_checkpoint_downloads_converts_and_runs(hub, tmp_path:
     """The x2plus layout: BasicSR keys in params_ema, conv_first on the 2×2 pixel-unshuffled image (12 planes)."""
     import numpy as np
 
-    from esrgan_cli.engine import Upscaler, choose_placement
+    from esrgan_cli.upscale.device import choose_placement
+    from esrgan_cli.upscale.upscaler import Upscaler
 
     files, _ = hub
     model = tiny_model(RRDBConfig(num_feat=8, num_block=1, num_grow=4, scale=2))

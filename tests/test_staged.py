@@ -8,12 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from esrgan_cli.arch import TAIL_REACH, RRDBConfig
 from esrgan_cli.defaults import EDGE_PAD
-from esrgan_cli.device import Placement, tail_bytes_per_pixel, trunk_bytes_per_pixel
-from esrgan_cli.engine import Upscaler
-from esrgan_cli.tiling import Region, plan_staged
-from esrgan_cli.weights import LoadedWeights
+from esrgan_cli.model.arch import TAIL_REACH, RRDBConfig
+from esrgan_cli.model.weights import LoadedWeights
+from esrgan_cli.upscale._sizing import tail_bytes_per_pixel, trunk_bytes_per_pixel
+from esrgan_cli.upscale._tiling import Region, plan_staged
+from esrgan_cli.upscale.device import Placement
+from esrgan_cli.upscale.upscaler import Upscaler
 
 from conftest import out_of_memory_above, padded_forward, random_image, tiny_model
 

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from esrgan_cli.errors import OutOfMemoryError
-from esrgan_cli.tiling import ENSEMBLE, Region, TileTooLarge, plan_tiles, run_tiled, split_evenly
+from esrgan_cli.upscale._tiling import ENSEMBLE, Region, TileTooLarge, plan_tiles, split_evenly
 
-from conftest import random_image
+from conftest import random_image, run_tiled
 
 
 def box_model(radius: int, scale: int):

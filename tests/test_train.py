@@ -19,19 +19,20 @@ from safetensors.torch import load_file
 from test_cli import assert_one_line_error, esrgan
 from torch.utils.data import DataLoader
 
-from esrgan_cli.arch import INIT_SCHEMES, RRDBConfig
 from esrgan_cli.cli import train as cli_train
-from esrgan_cli.engine import Placement, Upscaler
-from esrgan_cli.evaluate import pair_images, score_pairs, summarize, with_upscaler
-from esrgan_cli.perceptual_distance import unit_distance
-from esrgan_cli.resize import imresize
+from esrgan_cli.errors import TrainError
+from esrgan_cli.eval.distance import unit_distance
+from esrgan_cli.eval.score import mean_scores, pair_images, score_pairs, with_upscaler
+from esrgan_cli.image.resize import imresize
+from esrgan_cli.model.arch import INIT_SCHEMES, RRDBConfig
+from esrgan_cli.model.vgg import LAYERS, VGGLayer
+from esrgan_cli.model.weights import LoadedWeights, load_weights
+from esrgan_cli.training._data import ImageSet, IterationSampler, PatchPairs, augment
 from esrgan_cli.training.build import build_trainer
 from esrgan_cli.training.config import PerceptualInput, PerceptualLoss, Precision, Stage, TrainConfig, WeightInit
-from esrgan_cli.training.data import ImageSet, IterationSampler, PatchPairs, augment
-from esrgan_cli.training.perceptual import LAYERS, VGGLayer
-from esrgan_cli.training.runtime import TrainError
 from esrgan_cli.training.state import read_state
-from esrgan_cli.weights import LoadedWeights, load_weights
+from esrgan_cli.upscale.device import Placement
+from esrgan_cli.upscale.upscaler import Upscaler
 
 from conftest import ROOT, WAIT_S, default_sigint, random_image, wait_until
 
@@ -145,7 +146,7 @@ def test_psnr_stage_learns_and_writes_its_files(tmp_path: Path, images: Path) ->
     trainer = build_trainer(config, run, torch.device("cpu"), report=reports.append)
     start = LoadedWeights(trainer.ema.state_dict(), config.model, {}, Path("<start>"), torch.float32)
     upscale = with_upscaler(Upscaler(start, Placement(torch.device("cpu"), torch.float32, "")))
-    untrained = summarize(list(score_pairs(pair_images(val, None, 4), upscale, 4))).psnr
+    untrained = mean_scores(list(score_pairs(pair_images(val, None, 4), upscale, 4))).psnr
     assert trainer.run()
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     losses = [e["loss"] for e in log if "loss" in e]

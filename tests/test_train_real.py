@@ -19,16 +19,16 @@ from safetensors.torch import load_file
 from test_cli import assert_one_line_error, esrgan
 from test_train import TINY_ARGS, _config, _write_images
 
-from esrgan_cli.arch import RRDBConfig
 from esrgan_cli.cli import train_real
+from esrgan_cli.degrade.degradation import DegradationConfig
+from esrgan_cli.degrade.kernels import unsharp_mask
+from esrgan_cli.errors import TrainError
+from esrgan_cli.model.arch import RRDBConfig
+from esrgan_cli.model.weights import save_safetensors
+from esrgan_cli.training._discriminator import UNetDiscriminator
+from esrgan_cli.training._teacher import CacheKey, Teacher, TeacherCache, make_target
 from esrgan_cli.training.build import build_trainer
 from esrgan_cli.training.config import Degradation, Discriminator, TrainConfig
-from esrgan_cli.training.degradation import DegradationConfig
-from esrgan_cli.training.discriminator import UNetDiscriminator
-from esrgan_cli.training.kernels import unsharp_mask
-from esrgan_cli.training.runtime import TrainError
-from esrgan_cli.training.teacher import CacheKey, Teacher, TeacherCache, make_target
-from esrgan_cli.weights import save_safetensors
 
 from conftest import ROOT, WAIT_S, default_sigint, tiny_model, wait_until
 
@@ -255,9 +255,9 @@ def test_the_levels_term_teaches_flat_black_and_white_to_stay_put(tmp_path: Path
                                                                   stage_kw: dict[str, object]) -> None:
     """A run with --levels-weight ends with flat black and white far nearer their level than the same run without,
     in either stage."""
-    from esrgan_cli.levels import measure_levels
-    from esrgan_cli.training.trainer import flat_patches, levels_error
-    from esrgan_cli.weights import load_weights
+    from esrgan_cli.model.levels import measure_levels
+    from esrgan_cli.model.weights import load_weights
+    from esrgan_cli.training._losses import flat_patches, levels_error
 
     flats = flat_patches(7, torch.zeros(2, 3, 8, 8))
     assert flats.shape == (3, 3, 8, 8) and flats[0].max() == 0 and flats[1].min() == 1

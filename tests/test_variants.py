@@ -22,9 +22,9 @@ import torch
 from rrdb_reference import LAYOUTS, StateDict, Variant, random_state_dict, reference_forward
 from safetensors.torch import save_file
 
-from esrgan_cli.arch import RRDBConfig
 from esrgan_cli.errors import WeightsError
-from esrgan_cli.weights import build_model, describe_weights, load_weights
+from esrgan_cli.model.arch import RRDBConfig
+from esrgan_cli.model.weights import build_model, describe_weights, load_weights
 
 ROOT = Path(__file__).resolve().parent.parent
 TOL = 1e-5

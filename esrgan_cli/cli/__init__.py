@@ -13,10 +13,10 @@ import traceback
 import click
 
 from esrgan_cli import __version__
-from esrgan_cli.capture import keep_python_stderr, restore_python_stderr
 from esrgan_cli.cli import evaluate, models, train, upscale
 from esrgan_cli.cli.common import SETTINGS, say
 from esrgan_cli.errors import EsrganError
+from esrgan_cli.image.capture import keep_python_stderr, restore_python_stderr
 
 __all__ = ["cli", "main"]
 

@@ -5,9 +5,13 @@ from __future__ import annotations
 import sys
 import traceback
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
+
+if TYPE_CHECKING:
+    from esrgan_cli.upscale.device import Precision
+    from esrgan_cli.upscale.pipeline import UpscaleOptions
 
 
 @dataclass
@@ -101,3 +105,15 @@ class ProgressBar:
     def __exit__(self, *exc: object) -> None:
         if self.bar is not None:
             self.bar.stop()
+
+
+@dataclass(frozen=True)
+class Run:
+    """The options every upscale shares, single file or batch."""
+
+    model: str | None
+    device: str
+    precision: Precision
+    options: UpscaleOptions
+    quality: int
+    quiet: bool

@@ -12,9 +12,9 @@ from esrgan_cli.cli.train import PERCEPTUAL_INPUT_CHOICES
 from esrgan_cli.errors import ModelNotFoundError, OutputWriteError
 
 if TYPE_CHECKING:
-    from esrgan_cli.device import Placement
-    from esrgan_cli.evaluate import Degradation, ImageScore, Summary, Upscale
-    from esrgan_cli.perceptual_distance import InputConvention, PerceptualDistance
+    from esrgan_cli.eval.distance import InputConvention, PerceptualDistance
+    from esrgan_cli.eval.score import Degradation, ImageScore, Summary, Upscale
+    from esrgan_cli.upscale.device import Placement
 
 
 @click.command("eval")
@@ -62,8 +62,8 @@ def evaluate(model: str, hr_dir: Path, lr_dir: Path | None, scale: int | None, t
     """
     import json
 
-    from esrgan_cli.device import choose_placement
-    from esrgan_cli.evaluate import pair_images, score_pairs, summarize
+    from esrgan_cli.eval.score import mean_scores, pair_images, score_pairs
+    from esrgan_cli.upscale.device import choose_placement
 
     # fp32 everywhere: a benchmark figure must not depend on the device's half precision.
     made = _degradation(degradation, degradation_config, seed, lr_dir, save_lr)  # usage errors first
@@ -79,7 +79,7 @@ def evaluate(model: str, hr_dir: Path, lr_dir: Path | None, scale: int | None, t
         scores.append(score)
         if not as_json:
             click.echo(_score_row(score.name, score, with_distance))
-    mean = summarize(scores)
+    mean = mean_scores(scores)
     if as_json:
         data = {"model": label, "scale": s, "hr": str(hr_dir), "lr": str(lr_dir) if lr_dir else None,
                 "degradation": None if lr_dir else made.name,
@@ -97,7 +97,7 @@ def _print_footer(label: str, s: int, n: int, mean: Summary, distance: Perceptua
     columns = "PSNR dB, SSIM, perceptual distance" if distance else "PSNR dB, SSIM"
     click.echo(f"({label}: {columns} | bicubic: {columns}; Y channel, {s}-pixel border cropped, {n} images)")
     if distance is not None:
-        from esrgan_cli.perceptual_distance import relu_name
+        from esrgan_cli.eval.distance import relu_name
 
         layers = ", ".join(relu_name(name) for name in distance.config.layers)
         click.echo(f"(perceptual distance: unit-normalised VGG19 {layers} features, LPIPS without learned weights, "
@@ -107,7 +107,7 @@ def _print_footer(label: str, s: int, n: int, mean: Summary, distance: Perceptua
 def _degradation(name: str, settings: Path | None, seed: int, lr_dir: Path | None,
                  save_lr: Path | None) -> Degradation:
     """How LR images are made from HR ones (and saved, with --save-lr)."""
-    from esrgan_cli.evaluate import BICUBIC
+    from esrgan_cli.eval.score import BICUBIC
 
     if lr_dir is not None and (name != "bicubic" or save_lr is not None):
         raise click.UsageError("--degradation and --save-lr make LR images from HR; with --lr they are read instead")
@@ -116,7 +116,7 @@ def _degradation(name: str, settings: Path | None, seed: int, lr_dir: Path | Non
     made = BICUBIC
     if name == "real":
         from esrgan_cli.cli.train_real import read_settings
-        from esrgan_cli.realworld import real_degradation
+        from esrgan_cli.eval.realworld import real_degradation
 
         made = real_degradation(seed, read_settings(settings) if settings else None)
     return made if save_lr is None else _saving(made, save_lr)
@@ -126,8 +126,8 @@ def _saving(made: Degradation, folder: Path) -> Degradation:
     import numpy as np
     from PIL import Image
 
-    from esrgan_cli.atomic import atomic_write
-    from esrgan_cli.evaluate import Degradation
+    from esrgan_cli.eval.score import Degradation
+    from esrgan_cli.files import atomic_write
 
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -145,16 +145,15 @@ def _saving(made: Degradation, folder: Path) -> Degradation:
 
 def _upscaler(model: str, scale: int | None, tile: int | None, placement: Placement) -> tuple[Upscale, int, str]:
     """MODEL as an 8-bit upscaler, its scale, and its label."""
-    from esrgan_cli.evaluate import bicubic, with_upscaler
+    from esrgan_cli.eval.score import bicubic, with_upscaler
 
     if model == "bicubic":
         s = scale or 4
         return bicubic(s), s, "bicubic"
-    from esrgan_cli.engine import Upscaler
-    from esrgan_cli.registry import resolve_model
-    from esrgan_cli.weights import load_weights
+    from esrgan_cli.model.registry import load_named
+    from esrgan_cli.upscale.upscaler import Upscaler
 
-    weights = load_weights(resolve_model(model).path)
+    weights = load_named(model)
     if scale is not None and scale != weights.config.scale:
         raise click.UsageError(f"--scale {scale} differs from the model's x{weights.config.scale}")
     upscaler = Upscaler(weights, placement)
@@ -166,7 +165,7 @@ def _distance(weights: str, convention: InputConvention,
     """The perceptual distance, or None and why not when no VGG19 weights are at hand."""
     if weights == "none":
         return None, None
-    from esrgan_cli.perceptual_distance import hub_weights_cached, load_distance
+    from esrgan_cli.eval.distance import hub_weights_cached, load_distance
 
     if weights == "auto":
         if not hub_weights_cached():

@@ -11,7 +11,7 @@ from esrgan_cli.cli.common import say
 from esrgan_cli.errors import EsrganError
 
 if TYPE_CHECKING:
-    from esrgan_cli.weights import LoadedWeights
+    from esrgan_cli.model.weights import LoadedWeights
 
 
 def register(group: click.Group) -> None:
@@ -63,10 +63,10 @@ def blend(model_a: str, model_b: str, alpha_text: str, output_path: Path, extrap
       esrgan blend psnr.pth gan.pth --alpha 0:1:0.25 -o sweep.safetensors --preview photo.png
     """
     _safetensors_output(output_path)
-    from esrgan_cli.atomic import check_folder
-    from esrgan_cli.blend import blend as blend_weights
-    from esrgan_cli.blend import check_compatible, parse_alphas
-    from esrgan_cli.weights import LoadedWeights, save_safetensors, sha256_of
+    from esrgan_cli.files import check_folder
+    from esrgan_cli.model.blend import blend as blend_weights
+    from esrgan_cli.model.blend import check_compatible, parse_alphas
+    from esrgan_cli.model.weights import LoadedWeights, save_safetensors, sha256_of
 
     try:
         alphas = parse_alphas(alpha_text)
@@ -95,10 +95,9 @@ def blend(model_a: str, model_b: str, alpha_text: str, output_path: Path, extrap
 
 
 def _load_model(spec: str) -> LoadedWeights:
-    from esrgan_cli.registry import resolve_model
-    from esrgan_cli.weights import load_weights
+    from esrgan_cli.model.registry import load_named
 
-    return load_weights(resolve_model(spec).path)
+    return load_named(spec)
 
 
 def _write_preview(image_path: Path, models: list[LoadedWeights], alphas: list[float], output_path: Path, device: str,
@@ -106,7 +105,8 @@ def _write_preview(image_path: Path, models: list[LoadedWeights], alphas: list[f
     from PIL import Image
 
     from esrgan_cli.api import load_model
-    from esrgan_cli.imageio import contact_sheet, read_image, write_image
+    from esrgan_cli.image.decode import read_image
+    from esrgan_cli.image.encode import contact_sheet, write_image
 
     image = read_image(image_path)
     with Image.open(image_path) as source:
@@ -140,8 +140,8 @@ def convert(model: str, output_path: Path, dtype: str, true_levels: bool) -> Non
     _safetensors_output(output_path)
     import torch
 
-    from esrgan_cli.atomic import check_output
-    from esrgan_cli.weights import save_safetensors, sha256_of
+    from esrgan_cli.files import check_output
+    from esrgan_cli.model.weights import save_safetensors, sha256_of
 
     weights = _load_model(model)
     check_output(weights.path, output_path)
@@ -152,8 +152,8 @@ def convert(model: str, output_path: Path, dtype: str, true_levels: bool) -> Non
     kept = {k: v for k, v in weights.metadata.items() if k.startswith("esrgan.") and k not in _REWRITTEN_META}
     meta = {**kept, "esrgan.source": model, "esrgan.source_sha256": sha256_of(weights.path)}
     if true_levels:
-        from esrgan_cli.levels import measure_levels
-        from esrgan_cli.levels import true_levels as fold_levels
+        from esrgan_cli.model.levels import measure_levels
+        from esrgan_cli.model.levels import true_levels as fold_levels
 
         before = measure_levels(weights)
         weights = fold_levels(weights, before)
@@ -185,7 +185,7 @@ def info(model: str, as_json: bool) -> None:
     """
     import json
 
-    from esrgan_cli.weights import describe_weights
+    from esrgan_cli.model.weights import describe_weights
 
     data = describe_weights(_load_model(model), model)
     if as_json:
@@ -238,7 +238,7 @@ def models_download(names: tuple[str, ...]) -> None:
     Example:
       esrgan models download esrgan-x4 esrgan-psnr-x4
     """
-    from esrgan_cli.registry import load_registry, resolve_model
+    from esrgan_cli.model.registry import load_registry, resolve_model
 
     registry = load_registry()
     failed = 0

@@ -14,9 +14,9 @@ from esrgan_cli.cli.train_real import FIXED_ON_RESUME, real_world_fields, real_w
 from esrgan_cli.errors import EsrganError
 
 if TYPE_CHECKING:  # the modules themselves are imported when a command runs, so that --help stays fast
-    from esrgan_cli.arch import RRDBConfig
+    from esrgan_cli.model.arch import RRDBConfig
+    from esrgan_cli.model.vgg import VGGLayer
     from esrgan_cli.training.config import PerceptualInput, PerceptualLoss, Precision, Stage, TrainConfig, WeightInit
-    from esrgan_cli.training.perceptual import VGGLayer
     from esrgan_cli.training.runtime import Report
 
 # The choices of the Literal types in training.config and training.perceptual, spelt out here because importing those
@@ -124,12 +124,12 @@ def train(ctx: click.Context, stage: Stage, data: Path | None, run_dir: Path, va
     """
     import torch
 
-    from esrgan_cli.arch import RRDBConfig
-    from esrgan_cli.engine import choose_placement
+    from esrgan_cli.model.arch import RRDBConfig
     from esrgan_cli.training.build import build_trainer
     from esrgan_cli.training.config import TrainConfig
     from esrgan_cli.training.runtime import Distributed, init_distributed
     from esrgan_cli.training.state import STATE_FILE, stored_config
+    from esrgan_cli.upscale.device import choose_placement
 
     placement = choose_placement(device, "fp32")
     dist_ctx = Distributed.from_env()
@@ -183,7 +183,7 @@ def train(ctx: click.Context, stage: Stage, data: Path | None, run_dir: Path, va
 
 def _init_architecture(ctx: click.Context, init_path: Path, given: RRDBConfig) -> RRDBConfig:
     """A run from --init trains that model's architecture; explicit --blocks etc. must agree with it."""
-    from esrgan_cli.weights import load_weights
+    from esrgan_cli.model.weights import load_weights
 
     found = load_weights(init_path).config
     for option, field_name in (("blocks", "num_block"), ("features", "num_feat"), ("growth", "num_grow"),

@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 if TYPE_CHECKING:
+    from esrgan_cli.degrade.degradation import DegradationConfig
     from esrgan_cli.training.config import TrainConfig
-    from esrgan_cli.training.degradation import DegradationConfig
 
 # The choices of training.config's Degradation and Discriminator types (tests/test_train_real.py checks they agree).
 DEGRADATION_CHOICES = ("bicubic", "real")
@@ -70,7 +70,7 @@ def real_world_fields(degradation: str, degradation_config: Path | None, sharpen
 
 
 def read_settings(path: Path) -> DegradationConfig:
-    from esrgan_cli.training.degradation import DegradationConfig
+    from esrgan_cli.degrade.degradation import DegradationConfig
 
     try:
         data = json.loads(path.read_text(encoding="utf-8"))

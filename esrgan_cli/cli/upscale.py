@@ -3,21 +3,20 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
 import click
 
-from esrgan_cli.cli.common import ProgressBar, TileParam, notes_line, say
+from esrgan_cli.cli.common import ProgressBar, Run, TileParam, notes_line, say
 from esrgan_cli.defaults import DEFAULT_MAX_OUTPUT_PIXELS, DEFAULT_OVERLAP, DEFAULT_QUALITY, IMAGE_SUFFIXES
 from esrgan_cli.errors import EsrganError, naming
 
 if TYPE_CHECKING:
-    from esrgan_cli.cluster import ClusterOptions
-    from esrgan_cli.device import Precision
-    from esrgan_cli.engine import Upscaler
-    from esrgan_cli.pipeline import AlphaLoss, AlphaMode, UpscaleOptions
+    from esrgan_cli.batch.cluster.protocol import ClusterOptions
+    from esrgan_cli.upscale.device import Precision
+    from esrgan_cli.upscale.pipeline import AlphaLoss, AlphaMode
+    from esrgan_cli.upscale.upscaler import Upscaler
 
 
 def register(group: click.Group) -> None:
@@ -90,8 +89,8 @@ def upscale(
       esrgan upscale 'shots/*.jpg' extra.png -o out/ --suffix _x4
       esrgan upscale archive/ -o big/ -r --ray HEAD:6379 --workers 8
     """
-    from esrgan_cli.batch import BatchOptions
-    from esrgan_cli.pipeline import UpscaleOptions
+    from esrgan_cli.batch.plan import BatchOptions
+    from esrgan_cli.upscale.pipeline import UpscaleOptions
 
     options = UpscaleOptions(tile=tile, overlap=overlap, outscale=outscale, alpha=cast("AlphaMode", alpha_mode),
                              alpha_loss=cast("AlphaLoss", alpha_loss),
@@ -107,13 +106,13 @@ def upscale(
         from esrgan_cli.cli.batch import upscale_many
 
         batch = BatchOptions(recursive=recursive, format=out_format, suffix=suffix, overwrite=overwrite,
-                             report=report)
-        upscale_many(paths, output_path, run, batch, _cluster(ray_address, workers, device, quiet))
+                             report=report, quality=quality, cluster=_cluster(ray_address, workers, device, quiet))
+        upscale_many(paths, output_path, run, batch)
 
 
 def _cluster(address: str | None, workers: int | None, device: str, quiet: bool) -> ClusterOptions | None:
     """Where a batch's replicas run: a Ray cluster, one process per GPU here, or (None) this process."""
-    from esrgan_cli.cluster import ClusterOptions
+    from esrgan_cli.batch.cluster.protocol import ClusterOptions
 
     if address is not None:
         if not address.strip():
@@ -121,7 +120,7 @@ def _cluster(address: str | None, workers: int | None, device: str, quiet: bool)
         return ClusterOptions(address=address.strip(), workers=workers)
     if workers is None or workers == 1:
         return None
-    from esrgan_cli.cluster_local import local_gpus
+    from esrgan_cli.batch.cluster.localpool import local_gpus
 
     gpus = local_gpus(device)
     if len(gpus) < 2:
@@ -155,22 +154,10 @@ def _is_single(paths: tuple[str, ...], output: Path) -> bool:
     return True
 
 
-@dataclass(frozen=True)
-class Run:
-    """The options every upscale shares, single file or batch."""
-
-    model: str | None
-    device: str
-    precision: Precision
-    options: UpscaleOptions
-    quality: int
-    quiet: bool
-
-
 def load_upscaler(run: Run) -> tuple[Upscaler, str]:
     """The model on its device, and the name it goes by in messages."""
     from esrgan_cli.api import load_model
-    from esrgan_cli.registry import load_registry
+    from esrgan_cli.model.registry import load_registry
 
     source = run.model or load_registry().default
     upscaler = load_model(source, run.device, run.precision)
@@ -180,9 +167,10 @@ def load_upscaler(run: Run) -> tuple[Upscaler, str]:
 
 
 def _upscale_one(input_path: Path, output_path: Path, run: Run) -> None:
-    from esrgan_cli.atomic import check_output
-    from esrgan_cli.imageio import output_format, read_image, write_image
-    from esrgan_cli.pipeline import reads_all_frames, upscale_file
+    from esrgan_cli.files import check_output
+    from esrgan_cli.image.decode import read_image
+    from esrgan_cli.image.encode import output_format, write_image
+    from esrgan_cli.upscale.pipeline import reads_all_frames, upscale_file
 
     check_output(input_path, output_path)
     fmt = output_format(output_path)

@@ -9,18 +9,19 @@ from pathlib import Path
 
 import torch
 
-from esrgan_cli.arch import INIT_SCHEMES, RRDBNet
-from esrgan_cli.evaluate import pair_images
-from esrgan_cli.perceptual_distance import UnitFeatures, distance_layers
+from esrgan_cli.errors import TrainError
+from esrgan_cli.eval.distance import UnitFeatures, distance_layers
+from esrgan_cli.eval.score import pair_images
+from esrgan_cli.model.arch import INIT_SCHEMES, RRDBNet
+from esrgan_cli.model.vgg import Convention, PerceptualConfig, VGGFeatures, build_vgg, load_vgg_weights
+from esrgan_cli.model.weights import load_weights
+from esrgan_cli.training._data import ImageSet
+from esrgan_cli.training._discriminator import UNetDiscriminator, VGGDiscriminator
+from esrgan_cli.training._teacher import CacheKey, Teacher, TeacherCache, data_fingerprint, load_teacher
+from esrgan_cli.training._trainer import Adversary, GanParts, Networks, TrainData, Trainer
 from esrgan_cli.training.config import TrainConfig
-from esrgan_cli.training.data import ImageSet
-from esrgan_cli.training.discriminator import UNetDiscriminator, VGGDiscriminator
-from esrgan_cli.training.perceptual import Convention, PerceptualConfig, VGGFeatures, build_vgg, load_vgg_weights
-from esrgan_cli.training.runtime import Distributed, Report, Reporter, TrainError
+from esrgan_cli.training.runtime import Distributed, Report, Reporter
 from esrgan_cli.training.state import STATE_FILE, read_state
-from esrgan_cli.training.teacher import CacheKey, Teacher, TeacherCache, data_fingerprint, load_teacher
-from esrgan_cli.training.trainer import Adversary, GanParts, Networks, TrainData, Trainer
-from esrgan_cli.weights import load_weights
 
 
 def build_trainer(config: TrainConfig, run_dir: Path, device: torch.device, *, resume: bool = False,
@@ -110,8 +111,8 @@ def _perceptual_net(c: TrainConfig, warn: Callable[[str], None]) -> VGGFeatures:
         torch.manual_seed(c.seed)
         return VGGFeatures(PerceptualConfig(layer, _convention(c, None)))
     if c.perceptual_weights == "hub":
-        from esrgan_cli.registry import fetch
-        from esrgan_cli.training.perceptual import VGG19_HUB
+        from esrgan_cli.model.hub import fetch
+        from esrgan_cli.model.vgg import VGG19_HUB
 
         path = fetch(VGG19_HUB, "the VGG19 weights for the perceptual loss",
                      offline_hint="give --perceptual-weights PATH (a VGG19 file with torchvision key names)")

@@ -6,9 +6,9 @@ import json
 from dataclasses import asdict, dataclass, field, replace
 from typing import Literal, get_args
 
-from esrgan_cli.arch import INIT_SCHEMES, RRDBConfig
-from esrgan_cli.training.degradation import DegradationConfig
-from esrgan_cli.training.perceptual import LAYERS, VGGLayer
+from esrgan_cli.degrade.degradation import DegradationConfig
+from esrgan_cli.model.arch import INIT_SCHEMES, RRDBConfig
+from esrgan_cli.model.vgg import LAYERS, VGGLayer
 
 Stage = Literal["psnr", "gan"]
 Precision = Literal["fp32", "bf16", "fp16"]

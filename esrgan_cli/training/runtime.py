@@ -10,13 +10,6 @@ from typing import Literal
 import torch
 import torch.distributed as dist
 
-from esrgan_cli.errors import EsrganError
-
-
-class TrainError(EsrganError):
-    """A run cannot start or continue."""
-
-
 ReportKind = Literal["step", "val", "save", "warn"]
 
 

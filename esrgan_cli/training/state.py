@@ -8,9 +8,9 @@ from typing import Any, TypedDict, cast
 
 import torch
 
-from esrgan_cli.atomic import atomic_write
+from esrgan_cli.errors import TrainError
+from esrgan_cli.files import atomic_write
 from esrgan_cli.training.config import TrainConfig
-from esrgan_cli.training.runtime import TrainError
 
 STATE_FILE = "state.pt"
 CONFIG_FILE = "config.json"

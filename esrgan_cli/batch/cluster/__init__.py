@@ -1,0 +1,1 @@
+"""Batches on model replicas: the driver's bookkeeping, the replica worker, and the Ray and local-process pools."""

@@ -1,0 +1,137 @@
+"""Model names → weight files: the registry in `weights/`, bundled files (checked against their pinned sha256
+before use; they need no network), and `--model` values of every kind. Downloads are `hub.py`'s.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from esrgan_cli.errors import ChecksumError, ModelNotFoundError
+from esrgan_cli.model.arch import RRDBConfig
+from esrgan_cli.model.hub import HubFile, converted_path, fetch
+from esrgan_cli.model.weights import LoadedWeights, load_weights, sha256_of
+
+
+@dataclass(frozen=True)
+class BundledFile:
+    path: Path  # beside the registry file
+    sha256: str
+    size: int
+
+
+@dataclass(frozen=True)
+class RegistryEntry:
+    name: str
+    description: str
+    source: HubFile | BundledFile
+    config: RRDBConfig
+    license: str
+
+    @property
+    def size(self) -> int | None:
+        return self.source.size
+
+    def origin(self) -> str:
+        if isinstance(self.source, BundledFile):
+            return f"bundled:{self.source.path.name}"
+        return f"hf:{self.source.repo}/{self.source.filename}"
+
+
+@dataclass(frozen=True)
+class Registry:
+    default: str
+    models: dict[str, RegistryEntry]
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    path: Path
+    source: str  # what the user asked for, for messages and metadata
+
+
+def weights_dir() -> Path:
+    """The `weights/` folder: inside the installed package, or at the root of a source checkout."""
+    try:
+        installed = Path(str(resources.files("esrgan_cli.bundled")))
+        if (installed / "registry.json").is_file():
+            return installed
+    except ModuleNotFoundError:
+        pass
+    return Path(__file__).resolve().parents[2] / "weights"  # esrgan_cli/model/registry.py → the checkout
+
+
+def load_registry(path: Path | None = None) -> Registry:
+    path = path or weights_dir() / "registry.json"
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    models = {}
+    for name, e in data["models"].items():
+        source: HubFile | BundledFile
+        if "file" in e:
+            source = BundledFile(Path(path).parent / e["file"], e["sha256"], e["size"])
+        else:
+            source = HubFile(e["repo"], e["filename"], e["revision"], e["sha256"], e.get("size"))
+        models[name] = RegistryEntry(name, e.get("description", ""), source, RRDBConfig(**e["arch"]), e["license"])
+    return Registry(data["default"], models)
+
+
+_HF_SPEC = re.compile(r"^hf:(?P<repo>[^/@\s]+/[^/@\s]+)/(?P<file>[^@\s]+?)(?:@(?P<rev>[^@\s]+))?$")
+
+
+def parse_hf_spec(spec: str) -> HubFile:
+    """`hf:OWNER/REPO/FILE[@REVISION]` → HubFile (no pinned checksum: the user chose the file)."""
+    m = _HF_SPEC.match(spec)
+    if not m:
+        raise ModelNotFoundError(f"bad Hub location {spec!r}: expected hf:OWNER/REPO/FILE[@REVISION]")
+    return HubFile(m["repo"], m["file"], m["rev"] or "main")
+
+
+def resolve_model(spec: str, registry: Registry | None = None) -> ResolvedModel:
+    """A `--model` value → a local weights file, downloading and converting as needed."""
+    registry = registry or load_registry()
+    if spec in registry.models:
+        entry = registry.models[spec]
+        if isinstance(entry.source, BundledFile):
+            return ResolvedModel(bundled_path(entry.source, f"model {spec!r}"), spec)
+        return ResolvedModel(fetch(entry.source, f"model {spec!r}"), spec)
+    if spec.startswith("hf:"):
+        return ResolvedModel(fetch(parse_hf_spec(spec), spec), spec)
+    path = Path(spec).expanduser()
+    if path.is_file():
+        return ResolvedModel(path, spec)
+    known = ", ".join(sorted(registry.models))
+    if path.exists():
+        raise ModelNotFoundError(f"model {spec!r} is not a file")
+    raise ModelNotFoundError(f"no model named {spec!r} and no such file (known models: {known})")
+
+
+def load_named(spec: str | None, registry: Registry | None = None) -> LoadedWeights:
+    """The weights a `--model` value names (None: the registry's default), downloaded and converted as needed."""
+    registry = registry or load_registry()
+    return load_weights(resolve_model(spec if spec is not None else registry.default, registry).path)
+
+
+def bundled_path(bundled: BundledFile, label: str) -> Path:
+    """A bundled file, verified: a damaged install fails here with a clear message, not later as a bad model."""
+    path = bundled.path
+    if not path.is_file():
+        raise ModelNotFoundError(f"{label}: {path} is missing from this installation; reinstall esrgan")
+    actual = sha256_of(path)
+    if actual != bundled.sha256:
+        raise ChecksumError(f"{label}: sha256 of {path} is {actual}, expected {bundled.sha256}; reinstall esrgan")
+    return path
+
+
+def is_cached(source: HubFile | BundledFile) -> bool:
+    """True when the model can be used offline: bundled, converted by us, or in the Hugging Face cache."""
+    if isinstance(source, BundledFile):
+        return True
+    if source.sha256 and converted_path(source.sha256).is_file():
+        return True
+    import huggingface_hub
+
+    found = huggingface_hub.try_to_load_from_cache(source.repo, source.filename, revision=source.revision)
+    return isinstance(found, str) and Path(found).is_file()
