@@ -148,9 +148,6 @@ def test_out_of_memory_halves_the_tile() -> None:
     assert _psnr(capped, whole) >= 45
 
 
-@pytest.mark.xfail(strict=False, reason="tiling.run_blocks retries inside its `except TileTooLarge` block, and "
-                   "the exception's context (the CUDA error and its traceback) keeps the failed attempt's frames, "
-                   "and their tensors, alive during the retry")
 def test_a_failed_attempt_frees_its_memory_before_the_retry() -> None:
     """After an out-of-memory in the tail, the retry must start with the failed attempt's trunk output freed."""
     up = esrgan_cli.load_model("compact-psnr-x4", device="cuda", precision="fp16")
