@@ -33,7 +33,7 @@ _WATCHING_LAUNCHER = r"""
 import os, sys
 weights, marker = os.path.realpath(sys.argv[1]), sys.argv[2]
 del sys.argv[1:3]  # what is left is what `esrgan` gets
-arch = os.path.join("esrgan_cli", "arch.py")
+arch = os.path.join("esrgan_cli", "model", "arch.py")
 state = {"armed": False}
 def profile(frame, event, arg):
     code = frame.f_code
