@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -93,7 +94,7 @@ def test_arrays_keep_their_type_and_channels(upscaler: Upscaler, shape: tuple[in
     image = np.rint(unit * top).astype(dtype) if top != 1.0 else unit.astype(dtype)
     out = upscaler.upscale(image)
     assert out.shape == (36, 28, *shape[2:])
-    assert out.dtype == (dtype if np.issubdtype(dtype, np.integer) else np.float32)
+    assert out.dtype == dtype
     # The same values as float32 agree to within the rounding to the integer type (twice for gray: colour, luma).
     reference = upscaler.upscale(image.astype(np.float32) / np.float32(top))
     assert reference.dtype == np.float32 and reference.shape == out.shape
@@ -111,6 +112,78 @@ def test_arrays_are_checked(upscaler: Upscaler) -> None:
         upscaler.upscale(np.full((4, 4, 3), np.nan, np.float32))
     with pytest.raises(TypeError, match="PIL"):
         upscaler.upscale("photo.png")  # type: ignore[type-var]
+
+
+def refused(error: type[Exception], fix: str, call: Callable[[], object]) -> None:
+    """`call` raises exactly `error`, with one line that says how to fix the call."""
+    with pytest.raises(error) as info:
+        call()
+    message = str(info.value)
+    assert type(info.value) is error and "\n" not in message and fix in message, message
+
+
+def test_a_float_array_in_0_255_is_refused_not_white(upscaler: Upscaler) -> None:
+    image = random_image(9, 7, seed=3)
+    pixels = np.rint(image * 255).astype(np.float32)  # what np.asarray(photo, np.float32) gives
+    pixels[0, 0] = 255
+    refused(ValueError, "float images must be in [0, 1], got values up to 255; divide by 255",
+            lambda: upscaler.upscale(pixels))
+    refused(ValueError, "divide by 65535", lambda: upscaler.upscale(image * 65535))
+    refused(ValueError, "(x + 1) / 2", lambda: upscaler.upscale(image * 2 - 1))
+    # Float rounding just outside [0, 1] is clipped, as before: 1e-7 past 1 in float32, one float16 step past 1.
+    nudged = image.copy()
+    nudged[0, 0] = [1 + 1e-7, -1e-7, 1]
+    assert np.array_equal(upscaler.upscale(nudged), upscaler.upscale(np.clip(nudged, 0, 1)))
+    half = image.astype(np.float16)
+    half[0, 0, 0] = np.nextafter(np.float16(1), np.float16(2))
+    assert upscaler.upscale(half).dtype == np.float16
+
+
+def test_outscale_must_be_above_0(upscaler: Upscaler) -> None:
+    image = random_image(9, 7, seed=3)
+    refused(ValueError, "outscale=0 must be a finite number above 0", lambda: upscaler.upscale(image, outscale=0))
+    refused(ValueError, "outscale=-2 must be a finite number above 0", lambda: upscaler.upscale(image, outscale=-2))
+    refused(ValueError, "finite number above 0", lambda: upscaler.upscale(image, outscale=float("inf")))
+    refused(ValueError, "finite number above 0", lambda: upscaler.upscale(image, outscale=float("nan")))
+    refused(TypeError, "outscale must be None or a number above 0, not str",
+            lambda: upscaler.upscale(image, outscale="2"))  # type: ignore[arg-type]
+    assert upscaler.upscale(image, outscale=np.float32(0.5)).shape == (4, 4, 3)  # round(3.5) is 4, like the CLI
+
+
+def test_overlap_must_be_0_or_more(upscaler: Upscaler) -> None:
+    image = random_image(9, 7, seed=3)
+    refused(ValueError, "overlap=-1 is negative: use 0 or more", lambda: upscaler.upscale(image, overlap=-1))
+    refused(TypeError, "overlap must be an int of 0 or more, not float 1.5",
+            lambda: upscaler.upscale(image, overlap=1.5))  # type: ignore[arg-type]
+    assert upscaler.upscale(image, overlap=0).shape == (36, 28, 3)
+
+
+def test_tile_auto_is_none_and_other_tiles_follow_the_command_line(upscaler: Upscaler) -> None:
+    image = random_image(40, 30, seed=3)
+    assert np.array_equal(upscaler.upscale(image, tile="auto"), upscaler.upscale(image, tile=None))
+    refused(ValueError, "tile=8 is too small: use 0 (whole image), 'auto', or at least 16",
+            lambda: upscaler.upscale(image, tile=8))
+    refused(TypeError, "tile must be None, 'auto', 0 (whole image) or an int of at least 16, not bool",
+            lambda: upscaler.upscale(image, tile=True))
+    refused(TypeError, "not str '64'", lambda: upscaler.upscale(image, tile="64"))  # type: ignore[arg-type]
+    refused(TypeError, "tta must be True or False, not str",
+            lambda: upscaler.upscale(image, tta="yes"))  # type: ignore[arg-type]
+    assert np.array_equal(upscaler.upscale(image, tile=np.int64(16)), upscaler.upscale(image, tile=16))
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float64])
+@pytest.mark.parametrize("channels", [3, 4])
+def test_float16_and_float64_arrays_come_back_in_their_type(upscaler: Upscaler, dtype: type, channels: int) -> None:
+    """The same values as the float32 result, through the model and alpha's resize, and through outscale's Lanczos."""
+    image = np.concatenate([random_image(9, 7, seed=3), random_image(9, 7, seed=4)[..., :1]], axis=2)[..., :channels]
+    image = image.astype(dtype)
+    for outscale in (None, 2.5):
+        out = upscaler.upscale(image, outscale=outscale)
+        reference = upscaler.upscale(image.astype(np.float32), outscale=outscale)
+        assert out.dtype == dtype and out.shape == reference.shape
+        # float64 holds every float32 exactly; float16 rounds to its nearest, half a step (2**-12 below 1) at most.
+        tolerance = 2.0**-12 if dtype == np.float16 else 0.0
+        assert np.abs(out.astype(np.float32) - reference).max() <= tolerance
 
 
 @pytest.mark.parametrize("mode", ["L", "LA", "RGB", "RGBA", "I;16", "CMYK"])
