@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,10 @@ LOOP = 2
 COLOURS = [(200, 30, 30), (30, 200, 30), (30, 30, 200)]
 GIF_DISPOSAL = [1, 2, 3]  # none, background, previous
 APNG_DISPOSAL = [0, 1, 2]  # the same three, in APNG's numbering
+# A grey default image, then four frames: Pillow's Tests/images/apng/delay.png has 0.5 s, 1 s, 0.5 s, 1 s after a
+# default image that is not part of the animation.
+APNG_COLOURS = [(90, 90, 90), (200, 30, 30), (30, 200, 30), (30, 30, 200), (200, 200, 30)]
+APNG_DELAYS = [500, 1000, 500, 1000]
 
 
 @pytest.fixture
@@ -28,11 +33,11 @@ def upscaler(tiny_weights: Path) -> Upscaler:
     return Upscaler(load_weights(tiny_weights), choose_placement("cpu", "auto"))
 
 
-def frames(size: tuple[int, int] = (9, 7)) -> list[Image.Image]:
-    """Three clearly different frames (a gradient tinted three ways), so no encoder merges two of them."""
+def frames(size: tuple[int, int] = (9, 7), colours: list[tuple[int, int, int]] = COLOURS) -> list[Image.Image]:
+    """Clearly different frames (a gradient tinted a way for each colour), so no encoder merges two of them."""
     w, h = size
     ramp = np.linspace(0, 1, w * h, dtype=np.float32).reshape(h, w, 1)
-    return [Image.fromarray((ramp * np.array(c) + (1 - ramp) * 20).astype(np.uint8)) for c in COLOURS]
+    return [Image.fromarray((ramp * np.array(c) + (1 - ramp) * 20).astype(np.uint8)) for c in colours]
 
 
 def save_animation(path: Path) -> Path:
@@ -244,3 +249,152 @@ def test_gif_disposals_that_agree_are_given_as_one_value() -> None:
     got = params(("none", "previous"), "PNG")
     assert isinstance(got, dict)
     assert got["disposal"] == [0, 2] and got["blend"] == [0, 0] and got["loop"] == 1  # a GIF that played once
+
+
+def apng(path: Path) -> tuple[list[Image.Image], dict[str, object]]:
+    """Every image of an APNG as Pillow shows it, and its timing: each image's duration, disposal and blend (None
+    for a hidden default image, which has no frame control), the loop, and whether the first one is hidden."""
+    images: list[Image.Image] = []
+    each: dict[str, list[object]] = {"duration": [], "disposal": [], "blend": []}
+    with Image.open(path) as img:
+        for index in range(getattr(img, "n_frames", 1)):
+            img.seek(index)
+            img.load()
+            images.append(img.copy())
+            for key, values in each.items():
+                values.append(img.info.get(key))
+        return images, {**each, "loop": img.info.get("loop"), "default_image": img.info.get("default_image", False)}
+
+
+def upscaled_alone(images: list[Image.Image], upscaler: Upscaler, tmp_path: Path) -> list[Image.Image]:
+    """Each image upscaled as a still PNG of its own: what each frame of an animation should come out as."""
+    out = []
+    for index, image in enumerate(images):
+        image.save(tmp_path / f"alone{index}.png")
+        out.append(upscale_file(read_image(tmp_path / f"alone{index}.png"), upscaler, "PNG", UpscaleOptions()).image)
+    return out
+
+
+def same(got: list[Image.Image], want: list[Image.Image], tolerance: int = 0) -> bool:
+    return len(got) == len(want) and all(
+        a.mode == b.mode and int(np.abs(np.asarray(a, np.int64) - np.asarray(b, np.int64)).max()) <= tolerance
+        for a, b in zip(got, want, strict=True))
+
+
+@pytest.fixture
+def hidden_default(tmp_path: Path) -> Path:
+    default, *animation = frames(colours=APNG_COLOURS)
+    default.save(tmp_path / "delay.png", save_all=True, append_images=animation, default_image=True,
+                 duration=APNG_DELAYS, loop=0, blend=1)
+    return tmp_path / "delay.png"
+
+
+def test_an_apng_default_image_stays_hidden_and_every_frame_keeps_its_delay(
+    hidden_default: Path, tiny_weights: Path, upscaler: Upscaler, tmp_path: Path
+) -> None:
+    images, timing = apng(hidden_default)
+    assert timing["default_image"] is True and timing["duration"] == [None, 500, 1000, 500, 1000]  # as Pillow's
+    proc = esrgan("upscale", hidden_default, "-o", tmp_path / "big.png", "--model", tiny_weights)
+    assert proc.returncode == 0, proc.stderr
+    got, timing = apng(tmp_path / "big.png")
+    assert timing == {"default_image": True, "duration": [None, 500, 1000, 500, 1000], "loop": 0,
+                      "disposal": [None, 0, 0, 0, 0], "blend": [None, 1, 1, 1, 1]}
+    assert same(got, upscaled_alone(images, upscaler, tmp_path))  # the default image too, still hidden
+
+
+def test_an_apng_default_image_is_left_out_of_a_gif(
+    hidden_default: Path, tiny_weights: Path, upscaler: Upscaler, tmp_path: Path
+) -> None:
+    proc = esrgan("upscale", hidden_default, "-o", tmp_path / "big.gif", "--model", tiny_weights)
+    assert proc.returncode == 0, proc.stderr
+    assert "4 frames of 36×28" in proc.stderr
+    images, durations, loop, disposal = played(tmp_path / "big.gif")
+    assert durations == APNG_DELAYS and loop == 0 and disposal == [1, 1, 1, 1]
+    want = [np.asarray(im.convert("RGB"), np.float32) for im in upscaled_alone(apng(hidden_default)[0], upscaler,
+                                                                                  tmp_path)]
+    for index, im in enumerate(images):  # the nearest of the five: GIF's palette keeps them from being equal
+        errors = [float(np.mean((np.asarray(im, np.float32) - ref) ** 2)) for ref in want]
+        assert int(np.argmin(errors)) == index + 1, errors
+
+
+def test_a_16_bit_apng_keeps_its_delays_as_8_bit_frames(tiny_weights: Path, upscaler: Upscaler, tmp_path: Path) -> None:
+    """Like Pillow's apng/mode_16bit.png (a hidden default image, then 0.1 s and 1 s), in 16-bit grey: the only
+    16-bit mode Pillow writes. Its writer compares frames in 8 bits, where these look alike: different dispose ops
+    keep it from merging them ("over" cannot be read back in 16 bits)."""
+    ramp = np.linspace(0, 1, 63).reshape(7, 9)
+    built = [Image.fromarray((ramp * k + 300).astype(np.uint16)) for k in (60000, 30000, 10000)]
+    built[0].save(tmp_path / "grey16.png", save_all=True, append_images=built[1:], default_image=True,
+                  duration=[100, 1000], loop=1, disposal=[0, 2], blend=0)
+    images, _ = apng(tmp_path / "grey16.png")
+    assert same(images, built)
+    proc = esrgan("upscale", tmp_path / "grey16.png", "-o", tmp_path / "big.png", "--model", tiny_weights)
+    assert proc.returncode == 0, proc.stderr
+    assert "16-bit frames are written as an 8-bit APNG" in proc.stderr
+    got, timing = apng(tmp_path / "big.png")
+    assert timing == {"default_image": True, "duration": [None, 100, 1000], "loop": 1, "disposal": [None, 0, 2],
+                      "blend": [None, 0, 0]}
+    eight = [Image.fromarray(np.rint(np.asarray(im) / 257).astype(np.uint8))
+             for im in upscaled_alone(images, upscaler, tmp_path)]
+    assert same(got, eight, tolerance=1)
+
+
+def test_pillow_writes_16_bit_frames_that_differ_above_255_as_one_still_image(tmp_path: Path) -> None:
+    """Why frames_for writes 16-bit frames into an APNG as 8-bit. When this fails, Pillow's APNG writer compares
+    16-bit frames exactly, and they can stay 16-bit."""
+    from esrgan_cli.image.animation import frames_for
+    from esrgan_cli.image.decode import Frames
+
+    built = [Image.fromarray(np.full((2, 2), v, np.uint16)) for v in (1000, 2000, 3000)]
+    built[0].save(tmp_path / "x.png", save_all=True, append_images=built[1:], duration=[10, 20, 30])
+    images, timing = apng(tmp_path / "x.png")
+    assert len(images) == 1 and timing["duration"] == [None] and same(images, built[:1])  # a still PNG
+    built[0].save(tmp_path / "x.png")
+    still = read_image(tmp_path / "x.png")
+    two = Frames(images=(still, still), durations=(10.0, 20.0), loop=0, disposal=(), pages=False)
+    notes: list[str] = []
+    assert [f.bit_depth for f in frames_for(two, "PNG", notes).images] == [8, 8] and len(notes) == 1
+    assert [f.bit_depth for f in frames_for(two, "TIFF", notes).images] == [16, 16] and len(notes) == 1
+
+
+def test_apng_dispose_ops_are_kept_and_blend_over_only_where_it_draws_the_frame_as_it_is(
+    tiny_weights: Path, upscaler: Upscaler, tmp_path: Path
+) -> None:
+    """Each frame written is the whole canvas the input showed: "over" would composite one that is see-through a
+    second time, over what was under it."""
+    alpha = [255, 128, 128, 255, 255]  # frames 2 and 3 see-through: the canvas after frame 3 is too
+    built = [im.convert("RGBA") for im in frames(colours=APNG_COLOURS)]
+    for im, a in zip(built, alpha, strict=True):
+        im.putalpha(a)
+    built[0].save(tmp_path / "ops.png", save_all=True, append_images=built[1:], duration=[40, 70, 100, 130, 160],
+                  loop=3, disposal=[1, 0, 2, 0, 0], blend=[1, 1, 1, 1, 0])
+    images, _ = apng(tmp_path / "ops.png")
+    proc = esrgan("upscale", tmp_path / "ops.png", "-o", tmp_path / "big.png", "--model", tiny_weights)
+    assert proc.returncode == 0, proc.stderr
+    got, timing = apng(tmp_path / "big.png")
+    assert timing == {"default_image": False, "duration": [40, 70, 100, 130, 160], "loop": 3,
+                      "disposal": [1, 0, 2, 0, 0], "blend": [1, 0, 0, 1, 0]}
+    assert same(got, upscaled_alone(images, upscaler, tmp_path))
+
+
+def test_a_grey_apng_disposing_to_background_is_written_with_none(
+    tiny_weights: Path, upscaler: Upscaler, tmp_path: Path
+) -> None:
+    """Pillow's APNG writer cannot clear an L frame to background; writing "none" shows the same frames."""
+    built = [im.convert("L") for im in frames()]
+    built[0].save(tmp_path / "grey.png", save_all=True, append_images=built[1:], duration=DURATIONS, loop=LOOP)
+    data = bytearray((tmp_path / "grey.png").read_bytes())
+    pos = 8
+    while pos < len(data):  # every frame "background", as another encoder may write it
+        length = int.from_bytes(data[pos : pos + 4], "big")
+        if data[pos + 4 : pos + 8] == b"fcTL":
+            data[pos + 8 + 24] = 1
+            data[pos + 8 + length : pos + 12 + length] = zlib.crc32(data[pos + 4 : pos + 8 + length]).to_bytes(4, "big")
+        pos += 12 + length
+    (tmp_path / "grey.png").write_bytes(data)
+    images, timing = apng(tmp_path / "grey.png")
+    assert timing["disposal"] == [1, 1, 1] and same(images, built)
+    proc = esrgan("upscale", tmp_path / "grey.png", "-o", tmp_path / "big.png", "--model", tiny_weights)
+    assert proc.returncode == 0, proc.stderr
+    got, timing = apng(tmp_path / "big.png")
+    assert timing["disposal"] == [0, 0, 0] and timing["duration"] == DURATIONS and timing["loop"] == LOOP
+    assert same(got, upscaled_alone(images, upscaler, tmp_path))

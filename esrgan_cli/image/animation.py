@@ -4,23 +4,26 @@ the input had. Decoding the frames is in decode.py; upscaling them is in pipelin
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from PIL import Image
 
 from esrgan_cli.errors import ImageWriteError
-from esrgan_cli.image.decode import Disposal, Frames
+from esrgan_cli.image.decode import Blend, Disposal, Frames
 
 MULTI_FRAME_FORMATS = frozenset({"GIF", "WEBP", "PNG", "TIFF"})
 _GIF_DISPOSAL: dict[Disposal, int] = {"none": 1, "background": 2, "previous": 3}
 _APNG_DISPOSAL: dict[Disposal, int] = {"none": 0, "background": 1, "previous": 2}
-_APNG_BLEND_SOURCE = 0  # each frame replaces the canvas: frames are whole composited canvases already
+_APNG_BLEND: dict[Blend, int] = {"source": 0, "over": 1}
+_RGBA_FILL_MODES = frozenset({"RGB", "RGBA", "LA"})  # where Pillow's APNG writer can paste its RGBA background fill
 
 
 @dataclass(frozen=True)
 class Animation:
-    """The frames after the first, upscaled, and how the input played them."""
+    """The frames after the first, upscaled, and how the input played them (`timing.default_image`: the first is
+    the hidden default image of an APNG, and `rest` is the whole animation)."""
 
     rest: tuple[Image.Image, ...]
     timing: Frames
@@ -28,6 +31,24 @@ class Animation:
     @property
     def count(self) -> int:
         return len(self.rest) + 1
+
+
+def frames_for(frames: Frames, fmt: str, notes: list[str]) -> Frames:
+    """The frames a file in `fmt` gets, before any work; what is lost is noted.
+
+    An APNG's hidden default image stays hidden in an APNG, where Pillow writes it as one (`default_image=True`),
+    so viewers without APNG support still show it; every other format would show it as the animation's first
+    frame, so it is left out there."""
+    if frames.default_image and fmt != "PNG":
+        frames = dataclasses.replace(frames, images=frames.animated, default_image=False)
+    if fmt == "PNG" and any(f.bit_depth == 16 for f in frames.images):
+        # Pillow's APNG writer compares each frame with the canvas before it in 8 bits (values over 255 all look
+        # alike) to crop it to what changed, or merge it into the frame before: 16-bit frames would lose most of
+        # their changes. 8-bit frames compare exactly.
+        notes.append("16-bit frames are written as an 8-bit APNG: Pillow's APNG writer compares frames in 8 bits")
+        images = tuple(dataclasses.replace(f, bit_depth=8) if f.bit_depth == 16 else f for f in frames.images)
+        frames = dataclasses.replace(frames, images=images)
+    return frames
 
 
 def check_frames(frames: Frames, fmt: str, notes: list[str]) -> None:
@@ -67,11 +88,46 @@ def save_params(animation: Animation, fmt: str) -> dict[str, object]:
         params["loop"] = 1  # the input plays once (a GIF without a loop count); WebP and APNG say so explicitly
     codes = {"GIF": _GIF_DISPOSAL, "PNG": _APNG_DISPOSAL}.get(fmt)
     if timing.disposal and codes:
-        disposal = [codes[d] for d in timing.disposal]
+        disposal = [codes[d] for d in (_apng_disposal(animation) if fmt == "PNG" else timing.disposal)]
         # One value for all when they agree: Pillow's GIF writer cannot take a list once it merged every frame
         # into one (identical frames).
         params["disposal"] = disposal[0] if len(set(disposal)) == 1 else disposal
     if fmt == "PNG":
-        params["blend"] = [_APNG_BLEND_SOURCE] * animation.count
-        params["default_image"] = False
+        params["blend"] = _apng_blend(animation)
+        # Pillow's default_image=True writes the first image as the hidden default image and the rest as the
+        # animation, with the durations, disposal and blend counted from the rest.
+        params["default_image"] = timing.default_image
     return params
+
+
+def _apng_disposal(animation: Animation) -> list[Disposal]:
+    """Each APNG frame's dispose op: the input's, as far as Pillow's writer can write it.
+
+    The writer clears to background with an RGBA fill, which it cannot paste into an L or I;16 frame (it raises),
+    and treats "previous" on the first frame as "background"; such frames get "none". That shows the same:
+    every frame is the whole canvas, and the writer stores what differs from what the disposal leaves, so the op
+    changes which pixels are stored, not what is shown."""
+    disposal = list(animation.timing.disposal)
+    if {im.mode for im in animation.rest} <= _RGBA_FILL_MODES:
+        return disposal
+    return ["none" if d == "background" or (d == "previous" and i == 0) else d for i, d in enumerate(disposal)]
+
+
+def _apng_blend(animation: Animation) -> list[int]:
+    """Each APNG frame's blend op: the input's where it draws the frame as it is, else "source".
+
+    Every frame is already the whole canvas as the input's viewer showed it, so "over" would composite a frame
+    with transparency a second time over what was under it; it draws the same as "source" only on an opaque
+    frame, and on the first image of a file without a hidden default image (drawn onto an empty canvas)."""
+    timing = animation.timing
+    frames: Sequence[Image.Image | None] = animation.rest if timing.default_image else (None, *animation.rest)
+    wanted = timing.blend or ("source",) * len(frames)
+    return [_APNG_BLEND["over" if op == "over" and (im is None or _opaque(im)) else "source"]
+            for op, im in zip(wanted, frames, strict=True)]
+
+
+def _opaque(im: Image.Image) -> bool:
+    if "A" not in im.mode:
+        return True
+    low, _ = im.getchannel("A").getextrema()
+    return bool(low == 255)

@@ -48,20 +48,33 @@ class LoadedImage:
 
 
 Disposal = Literal["none", "background", "previous"]
+Blend = Literal["source", "over"]
 _GIF_DISPOSAL: dict[int, Disposal] = {0: "none", 1: "none", 2: "background", 3: "previous"}
 _APNG_DISPOSAL: dict[int, Disposal] = {0: "none", 1: "background", 2: "previous"}
+_APNG_BLEND: dict[int, Blend] = {0: "source", 1: "over"}
 
 
 @dataclass(frozen=True)
 class Frames:
     """Every frame of an animation, or page of a multi-page TIFF, decoded; each frame is the whole canvas as a
-    viewer shows it (Pillow composites partial frames), so the frames can be upscaled one by one."""
+    viewer shows it (Pillow composites partial frames), so the frames can be upscaled one by one.
+
+    An APNG may have a default image that is not part of its animation (`default_image`): only viewers without
+    APNG support show it. It is then `images[0]`, and `durations`, `disposal` and `blend` describe the animation's
+    frames, `images[1:]`; otherwise they describe every image."""
 
     images: tuple[LoadedImage, ...]  # the first included
     durations: tuple[float, ...]  # milliseconds per frame; empty for TIFF pages, or when the file gives none
     loop: int | None  # how many times to play (0: forever); None: the file says nothing (a GIF then plays once)
     disposal: tuple[Disposal, ...]  # what a viewer does after each frame (GIF, APNG); empty where the format has none
     pages: bool  # TIFF pages, not an animation
+    blend: tuple[Blend, ...] = ()  # how each APNG frame was drawn onto the canvas; empty for other formats
+    default_image: bool = False  # images[0] is an APNG's hidden default image, not a frame of the animation
+
+    @property
+    def animated(self) -> tuple[LoadedImage, ...]:
+        """The frames a player shows: every image but a hidden default image."""
+        return self.images[1:] if self.default_image else self.images
 
 
 def read_image(path: Path, max_pixels: int | None = None, *, all_frames: bool = False) -> LoadedImage:
@@ -135,11 +148,14 @@ def _frame_count(img: Image.Image) -> int | None:
 def _with_frames(img: Image.Image, first: LoadedImage, path: Path, limit: int | None) -> LoadedImage:
     """`first` with every frame of `img` decoded. A frame that cannot be decoded ends the animation there, with a
     note: a viewer shows a GIF with a damaged tail the same way."""
-    images, durations, disposal = [first], [img.info.get("duration")], [_disposal(img)]
-    loop = img.info.get("loop")
     count = _frame_count(img)
     if count == 1:
         return first
+    # Pillow gives an APNG's hidden default image as frame 0, with no frame control chunk (so no duration,
+    # disposal or blend): it stays out of the timing, which then belongs to the frames after it.
+    hidden = img.format == "PNG" and img.info.get("default_image") is True
+    images, timing = [first], ([] if hidden else [_timing(img)])
+    loop = img.info.get("loop")
     pixels = first.width * first.height
     notes = list(first.notes)
     index = 1
@@ -166,20 +182,32 @@ def _with_frames(img: Image.Image, first: LoadedImage, path: Path, limit: int | 
             raise ImageReadError(f"{path}: its frames hold more than {limit:,} pixels together, over the input "
                                  "limit; pass --first-frame to upscale only the first")
         images.append(frame)
-        durations.append(img.info.get("duration"))
-        disposal.append(_disposal(img))
+        timing.append(_timing(img))
         index += 1
     if len(images) == 1:
         return dataclasses.replace(first, notes=tuple(notes))
     pages = img.format == "TIFF"
+    durations = [t[0] for t in timing]
+    disposal = [t[1] for t in timing]
+    blend = [t[2] for t in timing]
     frames = Frames(
         images=tuple(images),
-        durations=() if pages or None in durations else tuple(float(d) for d in durations if d is not None),
+        # A frame without a duration has no delay (a GIF frame without a graphic control extension); only a file
+        # that gives none at all has no timing to keep.
+        durations=() if pages or all(d is None for d in durations) else tuple(d or 0.0 for d in durations),
         loop=_loop(loop),
         disposal=() if None in disposal else tuple(d for d in disposal if d is not None),
         pages=pages,
+        blend=() if None in blend else tuple(b for b in blend if b is not None),
+        default_image=hidden,
     )
     return dataclasses.replace(first, frames=frames, frame_count=len(images), notes=tuple(notes))
+
+
+def _timing(img: Image.Image) -> tuple[float | None, Disposal | None, Blend | None]:
+    """The current frame's duration (milliseconds), disposal and blend; None for what the file does not say."""
+    duration = img.info.get("duration")
+    return (float(duration) if isinstance(duration, (int, float)) else None), _disposal(img), _blend(img)
 
 
 def _disposal(img: Image.Image) -> Disposal | None:
@@ -188,6 +216,13 @@ def _disposal(img: Image.Image) -> Disposal | None:
         return _GIF_DISPOSAL.get(int(getattr(img, "disposal_method", 0)))
     if img.format == "PNG" and isinstance(op := img.info.get("disposal"), int):
         return _APNG_DISPOSAL.get(op)
+    return None
+
+
+def _blend(img: Image.Image) -> Blend | None:
+    """How the current APNG frame is drawn onto the canvas (its blend op); None for other formats."""
+    if img.format == "PNG" and isinstance(op := img.info.get("blend"), int):
+        return _APNG_BLEND.get(op)
     return None
 
 

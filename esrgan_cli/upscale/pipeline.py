@@ -7,6 +7,7 @@ Python API (a Pillow image or a numpy array in, the same kind out) through `upsc
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ from PIL import Image
 
 from esrgan_cli.defaults import DEFAULT_MAX_OUTPUT_PIXELS, DEFAULT_OVERLAP
 from esrgan_cli.errors import ImageReadError
-from esrgan_cli.image.animation import MULTI_FRAME_FORMATS, Animation, check_frames, uniform_modes
+from esrgan_cli.image.animation import MULTI_FRAME_FORMATS, Animation, check_frames, frames_for, uniform_modes
 from esrgan_cli.image.decode import LoadedImage
 from esrgan_cli.image.encode import compose, output_bit_depth, resize_alpha
 
@@ -172,8 +173,9 @@ def upscale_file(
                                 "upscaled (write gif, webp, png or tiff to keep them all, or pass --first-frame)")
         return result
     notes = list(image.notes)
+    frames = frames_for(frames, fmt, notes)
     check_frames(frames, fmt, notes)
-    check_size(image, upscaler.scale, options)
+    check_size(dataclasses.replace(image, frames=frames), upscaler.scale, options)
     total = sum(work(f, upscaler, options) for f in frames.images)
 
     def advance(n: int, _: int) -> None:  # progress over the pixels of every frame
