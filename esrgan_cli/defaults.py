@@ -25,5 +25,6 @@ FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".ti
            ".gif": "GIF",
            ".bmp": "BMP"}
 IMAGE_SUFFIXES = tuple(FORMATS)
-# `--format` names → the extension a batch writes.
-FORMAT_SUFFIXES = {"png": ".png", "jpg": ".jpg", "webp": ".webp", "tiff": ".tiff", "gif": ".gif"}
+# `--format` names → the extension a batch writes: one name for each format in FORMATS, so `--format` takes every
+# format `-o FILE` does.
+FORMAT_SUFFIXES = {"png": ".png", "jpg": ".jpg", "webp": ".webp", "tiff": ".tiff", "gif": ".gif", "bmp": ".bmp"}

@@ -191,3 +191,26 @@ def test_ctrl_c_exits_130_and_leaves_no_partial_file(tmp_path: Path) -> None:
     assert proc.returncode == 130, stderr
     assert "Traceback" not in stderr and stderr.strip() == "esrgan: interrupted"
     assert leftovers(tmp_path) == []
+
+
+def test_format_bmp_in_a_batch_as_with_an_output_file(png: Path, tmp_path: Path) -> None:
+    """`-o x.bmp` worked while `--format bmp` was refused: a batch now takes every format a file does."""
+    out = tmp_path / "out"
+    proc = esrgan("upscale", png.parent, "-o", out, "--format", "bmp", "--model", "compact-x4", "-q")
+    assert proc.returncode == 0, proc.stderr
+    with Image.open(out / "in.bmp") as written:
+        assert written.format == "BMP" and written.size == (48, 64)
+    single = esrgan("upscale", png, "-o", tmp_path / "one.bmp", "--model", "compact-x4", "-q")
+    assert single.returncode == 0, single.stderr
+    assert (tmp_path / "one.bmp").read_bytes() == (out / "in.bmp").read_bytes()
+
+
+@pytest.mark.parametrize("command", [["upscale", "IN", "-o", "OUT"], ["eval", "bicubic", "--hr", "IN"],
+                                     ["train", "--stage", "psnr", "--data", "IN", "--out", "OUT"]])
+def test_a_device_name_of_no_known_form_is_a_usage_error(command: list[str], png: Path, tmp_path: Path) -> None:
+    """`--device gpu` exited 1 where every other bad option value exits 2; a device this machine lacks stays 1."""
+    args = [str(png) if a == "IN" else str(tmp_path / "out.png") if a == "OUT" else a for a in command]
+    proc = esrgan(*args, "--device", "gpu")
+    assert proc.returncode == 2, proc.stderr
+    assert "unknown device 'gpu' (use auto, cpu, cuda, cuda:N or mps)" in proc.stderr and "Traceback" not in proc.stderr
+    assert leftovers(tmp_path) == []

@@ -137,3 +137,12 @@ def test_private_modules_are_imported_only_from_their_own_folder() -> None:
                     if not (importer == owner or importer.startswith(owner + ".")):
                         wrong.append(f"{importer} → {target}")
     assert wrong == []
+
+
+def test_format_takes_every_format_an_output_file_does() -> None:
+    """`--format` and `-o FILE` agree: one name per format the encoder writes, and the README lists them all."""
+    from esrgan_cli.defaults import FORMAT_SUFFIXES, FORMATS
+
+    assert {FORMATS[s] for s in FORMAT_SUFFIXES.values()} == set(FORMATS.values())
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert "--format " + "|".join(FORMAT_SUFFIXES) in readme

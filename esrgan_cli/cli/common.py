@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 import traceback
 from dataclasses import dataclass
@@ -38,6 +39,19 @@ def notes_line(label: str, notes: tuple[str, ...] | list[str]) -> str | None:
     """All notes about one file as one line, or None."""
     distinct = list(dict.fromkeys(notes))
     return f"note: {label}: " + "; ".join(distinct) if distinct else None
+
+
+class DeviceParam(click.ParamType):
+    """auto, cpu, mps, cuda or cuda:N. A name of another form is a usage error (exit 2); a device of the right form
+    that this machine lacks is found later, when the model is placed (one line, exit 1)."""
+
+    name = "auto|cpu|cuda|cuda:N|mps"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        text = str(value).strip().lower()
+        if re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", text) is None:
+            self.fail(f"unknown device {value!r} (use auto, cpu, cuda, cuda:N or mps)", param, ctx)
+        return text
 
 
 class TileParam(click.ParamType):

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from esrgan_cli.cli.common import say
+from esrgan_cli.cli.common import DeviceParam, say
 from esrgan_cli.errors import EsrganError
 
 if TYPE_CHECKING:
@@ -48,7 +48,7 @@ def _torch_dtype(name: str, *sources: Any) -> Any:
               help="Stored precision; auto keeps fp16 when both parents are fp16.")
 @click.option("--preview", type=click.Path(path_type=Path, dir_okay=False),
               help="Also upscale this image with every blend and save a labelled contact sheet (OUT_preview.png).")
-@click.option("--device", default="auto", show_default=True, help="Device for --preview.")
+@click.option("--device", type=DeviceParam(), default="auto", show_default=True, help="Device for --preview.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress messages.")
 def blend(model_a: str, model_b: str, alpha_text: str, output_path: Path, extrapolate: bool, dtype: str,
           preview: Path | None, device: str, quiet: bool) -> None:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from esrgan_cli.cli.common import say
+from esrgan_cli.cli.common import DeviceParam, say
 from esrgan_cli.cli.train_real import FIXED_ON_RESUME, real_world_fields, real_world_options, resumed_real_world
 from esrgan_cli.errors import EsrganError
 
@@ -66,7 +66,7 @@ def _milestones(ctx: click.Context, param: click.Parameter, value: str | None) -
 @click.option("--save-every", type=click.IntRange(min=1), default=None, help="[default: 1000 or --iters]")
 @click.option("--log-every", type=click.IntRange(min=1), default=10, show_default=True)
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its latest state.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--device", type=DeviceParam(), default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--precision", type=click.Choice(PRECISION_CHOICES), default="fp32", show_default=True,
               help="Mixed precision (autocast); fp16 uses loss scaling and needs CUDA.")
 @click.option("--seed", type=int, default=0, show_default=True)

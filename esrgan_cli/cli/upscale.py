@@ -8,8 +8,14 @@ from typing import TYPE_CHECKING, cast
 
 import click
 
-from esrgan_cli.cli.common import ProgressBar, Run, TileParam, notes_line, say
-from esrgan_cli.defaults import DEFAULT_MAX_OUTPUT_PIXELS, DEFAULT_OVERLAP, DEFAULT_QUALITY, IMAGE_SUFFIXES
+from esrgan_cli.cli.common import DeviceParam, ProgressBar, Run, TileParam, notes_line, say
+from esrgan_cli.defaults import (
+    DEFAULT_MAX_OUTPUT_PIXELS,
+    DEFAULT_OVERLAP,
+    DEFAULT_QUALITY,
+    FORMAT_SUFFIXES,
+    IMAGE_SUFFIXES,
+)
 from esrgan_cli.errors import EsrganError, naming
 
 if TYPE_CHECKING:
@@ -37,7 +43,7 @@ def register(group: click.Group) -> None:
                    "fit the memory budget.")
 @click.option("--overlap", type=click.IntRange(min=0), default=DEFAULT_OVERLAP, show_default=True,
               help="Input pixels of context around each trunk tile (what makes tiles seam-free).")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
+@click.option("--device", type=DeviceParam(), default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "fp16", "bf16"]), default="auto",
               show_default=True, help="auto: fp16 on CUDA, fp32 elsewhere. The CPU always runs fp32.")
 @click.option("--outscale", type=click.FloatRange(min=0, min_open=True), default=None,
@@ -54,7 +60,7 @@ def register(group: click.Group) -> None:
 @click.option("--max-output-pixels", type=click.IntRange(min=0), default=DEFAULT_MAX_OUTPUT_PIXELS,
               show_default=True, help="Refuse outputs larger than this (0: no limit).")
 @click.option("-r", "--recursive", is_flag=True, help="Batch: walk subfolders and mirror the tree under the output.")
-@click.option("--format", "out_format", type=click.Choice(["png", "jpg", "webp", "tiff", "gif"]), default=None,
+@click.option("--format", "out_format", type=click.Choice(list(FORMAT_SUFFIXES)), default=None,
               help="Batch: output format (default: keep each input's).")
 @click.option("--suffix", default="", metavar="TEXT", help="Batch: added to each output's name, e.g. _x4.")
 @click.option("--overwrite", is_flag=True, help="Batch: redo outputs that the journal says are done.")
