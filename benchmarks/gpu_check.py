@@ -55,7 +55,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # the package is not installed on the GPU machine: PYTHONPATH=$PWD does it
 
 # ---- INTERNALS: what this script uses beyond esrgan_cli.__all__ and the command line (update after a refactor) ----
-# No esrgan_cli module is imported by name. These attributes of an `Upscaler` (esrgan_cli/engine.py) are read:
+# No esrgan_cli module is imported by name. These attributes of an `Upscaler` (esrgan_cli/upscale/engine.py) are read:
 UPSCALER_MODEL = "model"  # the RRDBNet on the device; its .trunk(x) and .tail(f) are the engine's two stages
 UPSCALER_FP32_RETRIES = "fp32_retries"  # how many blocks were redone in fp32 after a half-precision overflow
 UPSCALER_UPSCALE_INTO = "upscale_into"  # (image float32 H×W×C, canvas, tile, overlap) -> blocks run

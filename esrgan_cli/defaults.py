@@ -13,6 +13,10 @@ DEFAULT_OVERLAP = 48
 EDGE_PAD = 8
 
 # 16384×16384: past this the canvas alone takes gigabytes. --max-output-pixels raises it.
+# The smallest tile side: what --tile and the API's tile= accept (besides 0, the whole image), and where halving
+# tiles after an out-of-memory stops.
+MIN_TILE = 16
+
 DEFAULT_MAX_OUTPUT_PIXELS = 1 << 28
 
 DEFAULT_QUALITY = 95

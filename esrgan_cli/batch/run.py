@@ -27,6 +27,7 @@ from esrgan_cli.upscale.pipeline import UpscaleOptions
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    from esrgan_cli.batch.cluster.protocol import ClusterOptions
     from esrgan_cli.upscale.device import Precision
 
 Execute = Callable[[Callable[[Outcome], None], Callable[[str], None]], None]
@@ -81,7 +82,7 @@ def upscale_files(
     with folder_lock(outdir):
         if batch.cluster is None:
             return _run_here(jobs, ignored, outdir, chosen, options, batch, events)
-        return _run_distributed(jobs, ignored, outdir, chosen, options, batch, events)
+        return _run_distributed(jobs, ignored, outdir, chosen, options, batch, batch.cluster, events)
 
 
 def _run_here(jobs: Sequence[Job], ignored: int, outdir: Path, model: _Model, options: UpscaleOptions,
@@ -105,18 +106,17 @@ def _run_here(jobs: Sequence[Job], ignored: int, outdir: Path, model: _Model, op
 
 
 def _run_distributed(jobs: Sequence[Job], ignored: int, outdir: Path, model: _Model, options: UpscaleOptions,
-                     batch: BatchOptions, events: BatchEvents) -> BatchSummary:
+                     batch: BatchOptions, cluster: ClusterOptions, events: BatchEvents) -> BatchSummary:
     """The driver: replicas load the model the driver checked and sent them; the first to start tells the
     precision, which the journal's pixel options include."""
     from esrgan_cli.batch.cluster.driver import Journaling, open_driver
     from esrgan_cli.batch.cluster.worker import WorkerConfig
     from esrgan_cli.model.registry import load_named
 
-    assert batch.cluster is not None
     weights = load_named(model.spec)
     model_sha = sha256_of(weights.path)
     config = WorkerConfig(options=options, quality=batch.quality, device=model.device, precision=model.precision)
-    driver = open_driver(batch.cluster, weights, config)
+    driver = open_driver(cluster, weights, config)
     del weights  # the replicas have their copy
     try:
         info = driver.first_ready()

@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from esrgan_cli.defaults import MIN_TILE
+
 if TYPE_CHECKING:
     from esrgan_cli.upscale.device import Precision
     from esrgan_cli.upscale.pipeline import UpscaleOptions
@@ -64,8 +66,8 @@ class TileParam(click.ParamType):
             n = int(value)
         except (TypeError, ValueError):
             self.fail(f"{value!r} is not 'auto' or a whole number", param, ctx)
-        if n != 0 and n < 16:
-            self.fail(f"{n} is too small: use 0 (whole image), auto, or at least 16", param, ctx)
+        if n != 0 and n < MIN_TILE:
+            self.fail(f"{n} is too small: use 0 (whole image), auto, or at least {MIN_TILE}", param, ctx)
         return n
 
 

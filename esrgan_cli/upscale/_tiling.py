@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from esrgan_cli.defaults import MIN_TILE
 from esrgan_cli.errors import OutOfMemoryError
 
 
@@ -175,7 +176,7 @@ class TilePlan:
     overlap: int
     reach: int = 0
     align: int = 1
-    min_tile: int = 16
+    min_tile: int = MIN_TILE
 
 
 Compute = Callable[[StagedTile], None]

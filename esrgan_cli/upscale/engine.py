@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from esrgan_cli.defaults import EDGE_PAD
+from esrgan_cli.defaults import EDGE_PAD, MIN_TILE
 from esrgan_cli.errors import WeightsError
 from esrgan_cli.image.convert import luma, to_dtype
 from esrgan_cli.model.arch import TAIL_REACH, RRDBNet
@@ -83,7 +83,7 @@ class Engine:
 
     def upscale_into(
         self, image: np.ndarray, canvas: np.ndarray, tile: int | None, overlap: int,
-        on_progress: Callable[[int], None] | None = None, *, tta: bool = False, min_tile: int = 16,
+        on_progress: Callable[[int], None] | None = None, *, tta: bool = False, min_tile: int = MIN_TILE,
     ) -> int:
         """Upscale H×W×C float32 `image` (C = 3, or 4 with alpha) into `canvas` ((H·s)×(W·s)×`channels`, any
         dtype); returns the blocks run.

@@ -12,7 +12,7 @@ from typing import Any, Literal, TypeVar
 import numpy as np
 from PIL import Image
 
-from esrgan_cli.defaults import DEFAULT_OVERLAP
+from esrgan_cli.defaults import DEFAULT_OVERLAP, MIN_TILE
 from esrgan_cli.image.convert import rounded, to_dtype
 from esrgan_cli.image.decode import LoadedImage, from_pil
 from esrgan_cli.image.encode import to_gray
@@ -52,9 +52,9 @@ def _checked_options(tile: object, overlap: object, outscale: object, tta: objec
     if isinstance(tile, str) and tile.lower() == "auto":
         tile = None
     if tile is not None:
-        tile = _whole(tile, "tile", "None, 'auto', 0 (whole image) or an int of at least 16")
-        if tile != 0 and tile < 16:
-            raise ValueError(f"tile={tile} is too small: use 0 (whole image), 'auto', or at least 16")
+        tile = _whole(tile, "tile", f"None, 'auto', 0 (whole image) or an int of at least {MIN_TILE}")
+        if tile != 0 and tile < MIN_TILE:
+            raise ValueError(f"tile={tile} is too small: use 0 (whole image), 'auto', or at least {MIN_TILE}")
     overlap = _whole(overlap, "overlap", "an int of 0 or more")
     if overlap < 0:
         raise ValueError(f"overlap={overlap} is negative: use 0 or more pixels of context around each tile")
