@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image, ImageFile
-from test_cli import esrgan
+from test_cli import assert_one_line_error, esrgan
 
 from esrgan_cli.errors import ImageReadError
 from esrgan_cli.image.capture import decoder_messages
@@ -169,3 +169,32 @@ def test_real_libtiff_output_is_captured_into_the_error_line(tiny_weights: Path,
         proc = esrgan("upscale", tmp_path / "bad.tif", "-o", tmp_path / "o.png", "--model", tiny_weights, *quiet)
         assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
         assert proc.stderr.startswith("esrgan: error: ") and "Fax4Decode" in proc.stderr
+
+
+def _with_tiff_tag(src: Path, dst: Path, tag: int, value: int) -> Path:
+    """A copy of the little-endian TIFF `src` with the SHORT tag `tag` of its first IFD set to `value`."""
+    data = bytearray(src.read_bytes())
+    assert data[:4] == b"II*\x00"
+    ifd = int.from_bytes(data[4:8], "little")
+    for i in range(int.from_bytes(data[ifd:ifd + 2], "little")):
+        entry = ifd + 2 + 12 * i
+        if int.from_bytes(data[entry:entry + 2], "little") == tag:
+            data[entry + 8:entry + 10] = value.to_bytes(2, "little")
+            dst.write_bytes(data)
+            return dst
+    raise AssertionError(f"no tag {tag} in {src}")
+
+
+def test_pillow_log_records_become_part_of_the_one_line(tiny_weights: Path, tmp_path: Path) -> None:
+    """A TIFF claiming 65535 samples per pixel (as Pillow's libtiff_segfault.tif does): Pillow logs "More samples
+    per pixel than can be decoded" through `logging`, which Python printed on stderr above the error line. It is
+    now part of that one line, in a single run and in a batch (real processes)."""
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "ok.tif")
+    bad = _with_tiff_tag(tmp_path / "ok.tif", tmp_path / "spp.tif", 277, 65535)  # SamplesPerPixel
+    proc = esrgan("upscale", bad, "-o", tmp_path / "o.png", "--model", tiny_weights)
+    assert_one_line_error(proc, 1, "More samples per pixel than can be decoded: 65535", str(bad))
+    (tmp_path / "ok.tif").unlink()
+    proc = esrgan("upscale", tmp_path, "-o", tmp_path / "out", "--model", tiny_weights)
+    failed = [line for line in proc.stderr.splitlines() if line.startswith("esrgan: failed:")]
+    assert proc.returncode == 1 and len(failed) == 1 and "More samples per pixel" in failed[0], proc.stderr
+    assert all(line.startswith("esrgan: ") for line in proc.stderr.splitlines() if line.strip()), proc.stderr

@@ -1,8 +1,10 @@
-"""What a decoder says while it works: Python warnings and what C libraries (libtiff, libpng, …) write to fd 2.
+"""What a decoder says while it works: Python warnings, Pillow's log records, and what C libraries (libtiff,
+libpng, …) write to fd 2.
 
-Pillow warns about corrupt EXIF, broken APNG chunks and oversized TIFF tags, and libtiff's C code prints
-("Fax4Decode: Bad code word …") straight to file descriptor 2. Both are collected here so the caller can make
-one note of them. The redirection of fd 2 is process-wide, so one lock serialises every capture: a batch decodes
+Pillow warns about corrupt EXIF, broken APNG chunks and oversized TIFF tags; its plugins also log (TIFF's "More
+samples per pixel than can be decoded" is a `logging` error, which Python's last-resort handler would print on
+`sys.stderr`, outside any fd 2 capture); and libtiff's C code prints ("Fax4Decode: Bad code word …") straight to
+file descriptor 2. All three are collected here so the caller can make one note of them. The redirection of fd 2 is process-wide, so one lock serialises every capture: a batch decodes
 on a reader thread while the main thread computes. The command line points its own `sys.stderr` at a duplicate
 of fd 2 before any work (`keep_python_stderr`), so its messages never land in a capture. Python's warning
 filters are process-wide too (before Python 3.14's context-aware warnings): a warning that another thread raises
@@ -12,6 +14,7 @@ during a capture would land in that file's note; esrgan's compute thread raises 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sys
 import tempfile
@@ -33,15 +36,44 @@ def decoder_messages() -> Iterator[list[str]]:
     Pillow's DecompressionBombWarning stays an exception, so the caller can refuse the file.
     """
     messages: list[str] = []
-    with _CAPTURE_LOCK, warnings.catch_warnings(record=True) as caught:
+    with _CAPTURE_LOCK, warnings.catch_warnings(record=True) as caught, _pil_logged() as logged:
         warnings.simplefilter("always")
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
             with _fd2_captured(messages):
                 yield messages
         finally:
-            said = [_clean(str(w.message)) for w in caught]
+            said = [_clean(str(w.message)) for w in caught] + [_clean(m) for m in logged]
             messages[:0] = [m for m in said if m]
+
+
+class _Collect(logging.Handler):
+    def __init__(self, into: list[str]) -> None:
+        super().__init__(logging.WARNING)
+        self.into = into
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.into.append(record.getMessage())
+        except Exception:  # a record whose arguments do not format: its template still says something
+            self.into.append(str(record.msg))
+
+
+@contextlib.contextmanager
+def _pil_logged() -> Iterator[list[str]]:
+    """Pillow's log records of WARNING and above during the block, kept from every other handler (a program that
+    configured logging would otherwise print them too)."""
+    logger = logging.getLogger("PIL")
+    records: list[str] = []
+    handler = _Collect(records)
+    propagate = logger.propagate
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        yield records
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
 
 
 def decoder_note(messages: list[str], limit: int = 160) -> str | None:
