@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import threading
 import warnings
@@ -18,7 +19,7 @@ from esrgan_cli.errors import ImageReadError
 from esrgan_cli.image.capture import decoder_messages
 from esrgan_cli.image.decode import read_image
 
-from conftest import random_image
+from conftest import WAIT_S, random_image
 
 
 def save_png(path: Path, h: int = 10, w: int = 8, seed: int = 0) -> Path:
@@ -198,3 +199,61 @@ def test_pillow_log_records_become_part_of_the_one_line(tiny_weights: Path, tmp_
     failed = [line for line in proc.stderr.splitlines() if line.startswith("esrgan: failed:")]
     assert proc.returncode == 1 and len(failed) == 1 and "More samples per pixel" in failed[0], proc.stderr
     assert all(line.startswith("esrgan: ") for line in proc.stderr.splitlines() if line.strip()), proc.stderr
+
+
+_PEAK_LAUNCHER = r"""
+import atexit, os, resource, sys
+atexit.register(lambda: open(os.environ["PEAK_FILE"], "w").write(str(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)))
+from esrgan_cli.cli import main
+main()
+"""
+
+
+def _peak_kib(tmp_path: Path, *args: str | Path) -> tuple[subprocess.CompletedProcess[str], int]:
+    """Run esrgan in a real process; its exit and its peak resident memory (KiB, Linux's ru_maxrss)."""
+    peak = tmp_path / "peak.txt"
+    proc = subprocess.run([sys.executable, "-c", _PEAK_LAUNCHER, *map(str, args)], capture_output=True, text=True,
+                          env={**os.environ, "PEAK_FILE": str(peak), "HF_HUB_OFFLINE": "1"}, timeout=WAIT_S)
+    return proc, int(peak.read_text())
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="ru_maxrss in KiB is Linux's")
+def test_an_oversized_image_is_refused_from_its_header(tiny_weights: Path, tmp_path: Path) -> None:
+    """A 9000×9000 PNG of a few hundred kB expands to 243 MB of pixels (and 972 MB as float planes): it used to be
+    decoded in full (2.6 GB, 12 s) before the output limit refused it. The header says enough: the refusal now
+    costs no more memory than upscaling a tiny image does (each run's peak includes torch and the model)."""
+    big = tmp_path / "big.png"
+    Image.new("RGB", (9000, 9000), (10, 20, 30)).save(big, optimize=True)
+    assert big.stat().st_size < 1_000_000
+    small = save_png(tmp_path / "small.png", 16, 16)
+    ok, baseline = _peak_kib(tmp_path, "upscale", small, "-o", tmp_path / "small_x4.png", "--model", tiny_weights)
+    assert ok.returncode == 0, ok.stderr
+    refused, peak = _peak_kib(tmp_path, "upscale", big, "-o", tmp_path / "o.png", "--model", tiny_weights)
+    assert_one_line_error(refused, 1, f"{big}: 9000×9000 would upscale to 1,296,000,000 pixels",
+                          "--max-output-pixels")
+    assert peak - baseline < 200 * 1024, (peak, baseline)
+    assert not (tmp_path / "o.png").exists()
+
+
+def test_every_frame_counts_in_the_header_check(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """An animation's frames are counted from its header: ten 64×64 frames at ×4 are 655,360 output pixels, over a
+    limit of 300,000 that one frame fits; no pixel is decoded to find that out."""
+    from esrgan_cli.upscale.pipeline import UpscaleOptions, header_check
+
+    rng = np.random.default_rng(0)
+    frames = [Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)) for _ in range(10)]
+    frames[0].save(tmp_path / "anim.png", save_all=True, append_images=frames[1:], duration=100)
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:], duration=100)
+
+    def no_decoding(self: ImageFile.ImageFile) -> object:
+        raise AssertionError("decoded before the size check")
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", no_decoding)
+    check = header_check(4, UpscaleOptions(max_output_pixels=300_000))
+    for name in ("anim.png", "anim.gif"):
+        with pytest.raises(ImageReadError, match=r"anim\.\w+: 10 frames would upscale to 655,360 pixels.*"
+                                                 r"--first-frame"):
+            read_image(tmp_path / name, all_frames=True, check=check)
+    monkeypatch.undo()
+    # One frame fits: with only the first frame wanted, the same file is read.
+    assert read_image(tmp_path / "anim.png", all_frames=False, check=check).width == 64

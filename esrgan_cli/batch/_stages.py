@@ -10,7 +10,13 @@ from esrgan_cli.files import sha256_of, write_failure
 from esrgan_cli.image.decode import LoadedImage, read_image
 from esrgan_cli.image.encode import output_format, write_image
 from esrgan_cli.upscale.engine import Engine
-from esrgan_cli.upscale.pipeline import UpscaleOptions, UpscaleResult, reads_all_frames, upscale_file
+from esrgan_cli.upscale.pipeline import (
+    UpscaleOptions,
+    UpscaleResult,
+    header_check,
+    reads_all_frames,
+    upscale_file,
+)
 
 
 def batch_stages(
@@ -19,8 +25,10 @@ def batch_stages(
 ) -> Stages[tuple[str, LoadedImage], UpscaleResult]:
     """Decode, upscale and encode one batch job; a finished output is recorded in `journal`."""
 
+    check = header_check(upscaler.scale, options)
+
     def decode(job: Job) -> tuple[str, LoadedImage]:
-        image = read_image(job.src, all_frames=reads_all_frames(output_format(job.dst), options))
+        image = read_image(job.src, all_frames=reads_all_frames(output_format(job.dst), options), check=check)
         try:
             return (sha256_of(job.src) if journal else ""), image
         except OSError as e:

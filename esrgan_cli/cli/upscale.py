@@ -174,14 +174,17 @@ def load_upscaler(run: Run) -> tuple[Upscaler, str]:
 
 def _upscale_one(input_path: Path, output_path: Path, run: Run) -> None:
     from esrgan_cli.files import check_output
-    from esrgan_cli.image.decode import read_image
+    from esrgan_cli.image.decode import check_input, read_image
     from esrgan_cli.image.encode import output_format, write_image
-    from esrgan_cli.upscale.pipeline import reads_all_frames, upscale_file
+    from esrgan_cli.upscale.pipeline import header_check, reads_all_frames, upscale_file
 
+    check_input(input_path)
     check_output(input_path, output_path)
     fmt = output_format(output_path)
-    image = read_image(input_path, all_frames=reads_all_frames(fmt, run.options))
+    # The model first: its scale tells how large an input may be, checked from the file's header before decoding.
     upscaler, source = load_upscaler(run)
+    image = read_image(input_path, all_frames=reads_all_frames(fmt, run.options),
+                       check=header_check(upscaler.scale, run.options))
     bar = ProgressBar(run.quiet, f"{input_path.name}")
     with bar as advance:
         try:

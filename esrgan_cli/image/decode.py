@@ -8,8 +8,12 @@ Nothing a file can do escapes as anything but an ImageReadError: a decoder may r
 from __future__ import annotations
 
 import dataclasses
+import errno
+import os
+import stat
 import struct
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -77,22 +81,25 @@ class Frames:
         return self.images[1:] if self.default_image else self.images
 
 
-def read_image(path: Path, max_pixels: int | None = None, *, all_frames: bool = False) -> LoadedImage:
+SizeCheck = Callable[[int, int, int], None]
+"""(width, height, frames) from a file's header → raises ImageReadError if the caller will not take that much."""
+
+
+def read_image(path: Path, max_pixels: int | None = None, *, all_frames: bool = False,
+               check: SizeCheck | None = None) -> LoadedImage:
     """Decode `path` fully; any problem, whatever the decoder raises, becomes an ImageReadError with a one-line
     reason (the original exception is its `__cause__`). What the decoder warned about, and what C libraries
     printed meanwhile, become one line in `notes`.
 
     The first frame or page is the image; with `all_frames`, a file with several also gets `frames` (every
-    frame together within `max_pixels`)."""
+    frame together within `max_pixels`). `check` sees the header's size (and frame count, with `all_frames`)
+    before any pixel is decoded."""
     path = Path(path)
-    if not path.exists():
-        raise ImageReadError(f"{path}: no such file")
-    if not path.is_file():
-        raise ImageReadError(f"{path}: not a file")
+    check_input(path)
     said: list[str] = []
     try:
         with decoder_messages() as said:
-            image = _decode(path, max_pixels, all_frames)
+            image = _decode(path, max_pixels, all_frames, check)
     except ImageReadError as e:
         if (why := decoder_note(said, 120)) is None:
             raise
@@ -101,7 +108,29 @@ def read_image(path: Path, max_pixels: int | None = None, *, all_frames: bool = 
     return dataclasses.replace(image, notes=(*image.notes, note)) if note else image
 
 
-def _decode(path: Path, max_pixels: int | None, all_frames: bool) -> LoadedImage:
+def check_input(path: Path) -> None:
+    """A missing path, a symlink that leads nowhere or round in a loop, and a folder, each said as what it is."""
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        if os.path.islink(path):
+            if e.errno == errno.ELOOP:
+                raise ImageReadError(f"{path}: a symlink loop (the link leads back to itself)") from None
+            try:
+                target = os.readlink(path)
+            except OSError:
+                target = "?"
+            raise ImageReadError(f"{path}: a broken symlink (its target {target} does not exist)") from None
+        if e.errno == errno.ENOENT:
+            raise ImageReadError(f"{path}: no such file") from None
+        if e.errno == errno.ELOOP:  # a loop in a folder of the path
+            raise ImageReadError(f"{path}: a symlink loop in its folders") from None
+        raise ImageReadError(f"{path}: cannot read ({e.strerror or e})") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise ImageReadError(f"{path}: {'a folder' if stat.S_ISDIR(st.st_mode) else 'not a file'}")
+
+
+def _decode(path: Path, max_pixels: int | None, all_frames: bool, check: SizeCheck | None) -> LoadedImage:
     limit = max_pixels if max_pixels is not None else Image.MAX_IMAGE_PIXELS
     try:
         with Image.open(path) as img:
@@ -110,6 +139,15 @@ def _decode(path: Path, max_pixels: int | None, all_frames: bool) -> LoadedImage
                 raise ImageReadError(_too_large(path, w, h, limit))
             if w == 0 or h == 0:
                 raise ImageReadError(f"{path}: the image is empty ({w}×{h})")
+            if check is not None:
+                # Counting frames reads only headers (GIF, APNG, WebP, TIFF), never pixels.
+                frames = (_frame_count(img) or 1) if all_frames else 1
+                try:
+                    check(w, h, frames)
+                except ImageReadError as e:
+                    raise ImageReadError(f"{path}: {e}") from None
+                if frames > 1:
+                    img.seek(0)  # counting may leave the file on its last frame
             img.load()
             image = from_pil(img, str(path))
             if all_frames:

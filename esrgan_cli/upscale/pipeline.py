@@ -78,15 +78,29 @@ def check_size(image: LoadedImage, scale: int, options: UpscaleOptions) -> None:
     """Refuse, before any work, an output over `max_output_pixels` (all frames together: they are held in memory
     until the file is written)."""
     frames = image.frames.images if image.frames else (image,)
+    _check_pixels([(f.width, f.height) for f in frames], scale, options)
+
+
+def header_check(scale: int, options: UpscaleOptions) -> Callable[[int, int, int], None]:
+    """The same check for `read_image(check=...)`: (width, height, frames) from a file's header, before it is
+    decoded, so a small file that expands to gigabytes is refused at the cost of its header."""
+
+    def check(width: int, height: int, frames: int) -> None:
+        _check_pixels([(width, height)] * frames, scale, options)
+
+    return check
+
+
+def _check_pixels(sizes: list[tuple[int, int]], scale: int, options: UpscaleOptions) -> None:
     biggest = 0
-    for frame in frames:
-        out_w, out_h = final_size(frame.width, frame.height, scale, options.outscale)
-        biggest += max(out_w * out_h, frame.width * scale * frame.height * scale)
+    for width, height in sizes:
+        out_w, out_h = final_size(width, height, scale, options.outscale)
+        biggest += max(out_w * out_h, width * scale * height * scale)
     if options.max_output_pixels and biggest > options.max_output_pixels:
-        what = f"{len(frames)} frames" if len(frames) > 1 else f"{image.width}×{image.height}"
+        what = f"{len(sizes)} frames" if len(sizes) > 1 else "{}×{}".format(*sizes[0])
         raise ImageReadError(
             f"{what} would upscale to {biggest:,} pixels, over the limit of {options.max_output_pixels:,}; raise it "
-            "with --max-output-pixels if you have the memory" + (", or pass --first-frame" if len(frames) > 1 else "")
+            "with --max-output-pixels if you have the memory" + (", or pass --first-frame" if len(sizes) > 1 else "")
         )
 
 
