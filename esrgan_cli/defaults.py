@@ -24,11 +24,11 @@ DEFAULT_QUALITY = 95
 # BT.601 luma, for one-channel models and grayscale output (metrics.py's Y channel is YCbCr's, scaled differently).
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)
 
-# Image file extensions esrgan reads and writes, and the Pillow format each one means.
+# Image file extensions esrgan writes, and the Pillow format each one means. (It reads every extension Pillow
+# reads: `files.image_suffixes()`.)
 FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".tif": "TIFF", ".tiff": "TIFF",
            ".gif": "GIF",
            ".bmp": "BMP"}
-IMAGE_SUFFIXES = tuple(FORMATS)
 # `--format` names → the extension a batch writes: one name for each format in FORMATS, so `--format` takes every
 # format `-o FILE` does.
 FORMAT_SUFFIXES = {"png": ".png", "jpg": ".jpg", "webp": ".webp", "tiff": ".tiff", "gif": ".gif", "bmp": ".bmp"}

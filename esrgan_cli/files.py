@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
 import os
 import tempfile
@@ -11,7 +12,6 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from esrgan_cli.defaults import IMAGE_SUFFIXES
 from esrgan_cli.errors import DiskFullError, FolderBusyError, OutputWriteError, first_line
 
 _UMASK_LOCK = threading.Lock()
@@ -171,14 +171,33 @@ def _sorted_listing(path: str) -> Iterator[os.DirEntry[str]]:
         return iter(sorted(it, key=lambda e: e.name))
 
 
+# Pillow formats with an extension that a folder walk does not take as an image: stubs that need a plugin the user
+# registers (BUFR, GRIB, HDF5: an ML folder's .h5 files would otherwise all fail), WMF/EMF (rendered on Windows
+# only), EPS/PS (Ghostscript renders them) and MPEG (identified, never decoded). Named on the command line, such a
+# file is still tried.
+_NOT_WALKED = frozenset({"BUFR", "GRIB", "HDF5", "WMF", "EPS", "MPEG"})
+
+
+@functools.cache
+def image_suffixes() -> frozenset[str]:
+    """The extensions (lower case, with the dot) a folder walk takes as images: every one Pillow reads, bar
+    `_NOT_WALKED`. One list for batches, training and evaluation sets; a file named on its own is read whatever its
+    extension. Imports Pillow's plugins, so it is asked only when a folder is walked."""
+    from PIL import Image
+
+    return frozenset(ext.lower() for ext, fmt in Image.registered_extensions().items()
+                     if fmt in Image.OPEN and fmt not in _NOT_WALKED)
+
+
 def image_files(folder: Path) -> list[Path]:
     """Files under `folder` (recursive) with an image extension, hidden names skipped, sorted: the training and
     evaluation sets. (A batch walks its inputs with the same `walk_sorted`, keeping hidden files.)"""
     root = str(folder)
     found = []
+    suffixes = image_suffixes()
     for rel, entry in walk_sorted(root, enter=lambda path: path == root or not os.path.basename(path).startswith(".")):
         name = entry.name
-        if name.startswith(".") or os.path.splitext(name)[1].lower() not in IMAGE_SUFFIXES:
+        if name.startswith(".") or os.path.splitext(name)[1].lower() not in suffixes:
             continue
         try:
             if entry.is_file():

@@ -49,7 +49,7 @@ def tree(tmp_path: Path) -> Path:
 def test_collect_mirrors_the_tree_and_ignores_non_images(tree: Path, tmp_path: Path) -> None:
     jobs, ignored = list_jobs([str(tree)], tmp_path / "out", recursive=True)
     assert sorted(j.key for j in jobs) == ["a/b/corrupt.png", "a/b/deep.png", "a/mid.png", "a/photo.jpg", "top.png"]
-    assert ignored == 1
+    assert [(Path(i.path).name, i.reason) for i in ignored] == [("notes.txt", "not an image extension")]
     flat, _ = list_jobs([str(tree)], tmp_path / "out", recursive=False)
     assert [j.key for j in flat] == ["top.png"]
     renamed, _ = list_jobs([str(tree)], tmp_path / "out", recursive=True, fmt="webp", suffix="_x4")
@@ -233,3 +233,62 @@ def test_single_file_mode_is_kept_for_one_file(tiny_weights: Path, tmp_path: Pat
     assert Image.open(tmp_path / "res.jpg").size == (40, 48)
     assert not (tmp_path / "res.jpg" / ".esrgan-journal.jsonl").exists()
     assert os.path.isfile(tmp_path / "res.jpg")
+
+
+def test_links_extensions_and_ignored_files_as_a_user_meets_them(tiny_weights: Path, tmp_path: Path) -> None:
+    """Issue 26, item 7, in real processes: a symlink loop and a broken symlink in a folder are failures with their
+    reason (they used to vanish from every count); `.pgm` is read in a batch as it is alone (one list of
+    extensions, Pillow's); the files not read are named in the report and, with -v, on screen."""
+    src = tmp_path / "in"
+    save_png(src / "a.png")
+    Image.fromarray((random_image(8, 8, 1)[..., 0] * 255).astype(np.uint8)).save(src / "gray.pgm")
+    (src / "notes.txt").write_text("not an image")
+    (src / "loop.png").symlink_to("loop.png")
+    (src / "gone.png").symlink_to("deleted.png")  # relative, as `ln -s` makes them: said as the link says it
+    report = tmp_path / "report.json"
+    proc = esrgan("upscale", src, "-o", tmp_path / "out", "--model", tiny_weights, "--report", report)
+    assert proc.returncode == 1, proc.stderr
+    assert "done 2, skipped 0, failed 2" in proc.stderr
+    failed = sorted(line for line in proc.stderr.splitlines() if line.startswith("esrgan: failed:"))
+    assert len(failed) == 2
+    assert f"{src / 'gone.png'}: a broken symlink (its target deleted.png does not exist)" in failed[0]
+    assert f"{src / 'loop.png'}: a symlink loop" in failed[1]
+    assert "1 file in the input folders not read (-v names them)" in proc.stderr and "notes.txt" not in proc.stderr
+    data = json.loads(report.read_text())
+    assert sorted(Path(d["input"]).name for d in data["done"]) == ["a.png", "gray.pgm"]
+    assert Image.open(tmp_path / "out" / "gray.png").size == (32, 32)  # esrgan writes no PGM: PNG keeps it all
+    assert sorted(Path(d["input"]).name for d in data["failed"]) == ["gone.png", "loop.png"]
+    assert data["ignored"] == [{"input": str(src / "notes.txt"), "reason": "not an image extension"}]
+
+    verbose = esrgan("upscale", src, "-o", tmp_path / "out", "--model", tiny_weights, "-v")
+    assert f"esrgan:   not read: {src / 'notes.txt'} (not an image extension)" in verbose.stderr.splitlines()
+    assert f"esrgan: 2 already done (journal in {tmp_path / 'out'}), 1 file in the input folders not read:" in (
+        verbose.stderr.splitlines())
+
+    alone = esrgan("upscale", src / "loop.png", "-o", tmp_path / "loop_x4.png", "--model", tiny_weights)
+    assert alone.returncode == 1 and alone.stderr.strip().splitlines() == [
+        f"esrgan: error: {src / 'loop.png'}: a symlink loop (the link leads back to itself)"]
+
+
+def test_summary_lines_say_each_thing_once_and_only_when_it_informs(tiny_weights: Path, tmp_path: Path) -> None:
+    """No "0 non-image files ignored", no "0.004 input Mpx/s" for a few icons; `-o out` without an extension for
+    one file says where the output goes; an animation of whole frames is not "5 tiles"."""
+    src = save_png(tmp_path / "icon.png")
+    first = esrgan("upscale", src, "-o", tmp_path / "out", "--model", tiny_weights)
+    lines = first.stderr.strip().splitlines()
+    assert first.returncode == 0 and (tmp_path / "out" / "icon.png").exists(), first.stderr
+    assert lines[0] == (f"esrgan: note: -o {tmp_path / 'out'} has no extension, so it names a folder: the output "
+                        f"goes into {tmp_path / 'out'}/ (give -o {tmp_path / 'out'}.png to write one file)")
+    summary = lines[-1]
+    assert summary.startswith("esrgan: done 1, skipped 0, failed 0 in ") and f"(into {tmp_path / 'out'})" in summary
+    assert "Mpx/s" not in summary and "ignored" not in first.stderr and "not read" not in first.stderr
+    rerun = esrgan("upscale", src, "-o", tmp_path / "out", "--model", tiny_weights, "-q")
+    assert rerun.returncode == 0 and rerun.stderr == ""
+
+    frames = [Image.fromarray((random_image(8, 8, i) * 255).astype(np.uint8)) for i in range(5)]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    anim = esrgan("upscale", tmp_path / "anim.gif", "-o", tmp_path / "anim_x4.gif", "--model", tiny_weights,
+                  "--tile", "0")
+    wrote = anim.stderr.strip().splitlines()[-1]
+    assert anim.returncode == 0 and "5 frames of 32×32" in wrote and "whole frames" in wrote, anim.stderr
+    assert "tiles" not in wrote

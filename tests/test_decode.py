@@ -203,7 +203,9 @@ def test_pillow_log_records_become_part_of_the_one_line(tiny_weights: Path, tmp_
 
 _PEAK_LAUNCHER = r"""
 import atexit, os, resource, sys
-atexit.register(lambda: open(os.environ["PEAK_FILE"], "w").write(str(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)))
+def peak():
+    open(os.environ["PEAK_FILE"], "w").write(str(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))
+atexit.register(peak)
 from esrgan_cli.cli import main
 main()
 """

@@ -1,4 +1,4 @@
-"""The compact batch planner (`listing.list_jobs`) plans exactly what the former list-of-Paths planner did, and a
+"""The compact batch planner (`_jobs.list_jobs`) plans exactly what a plain list-of-Paths planner does, and a
 large listing costs little memory and time (a scaled-down must-show 4 of issue 15; `benchmarks/bench_plan.py` runs
 the million)."""
 
@@ -12,43 +12,62 @@ from pathlib import Path
 
 import pytest
 
-from esrgan_cli.batch._jobs import Job, JobList, list_jobs
+from esrgan_cli.batch._jobs import Ignored, Job, JobList, list_jobs
 from esrgan_cli.batch._journal import Journal
 from esrgan_cli.batch.plan import BatchOptions, plan_batch
-from esrgan_cli.defaults import FORMAT_SUFFIXES, IMAGE_SUFFIXES
+from esrgan_cli.defaults import FORMAT_SUFFIXES, FORMATS
 from esrgan_cli.errors import BatchError
+from esrgan_cli.files import image_suffixes
 
 from conftest import ROOT
 
 
 def reference_collect(inputs: list[str], outdir: Path, recursive: bool = False, fmt: str | None = None,
-                      suffix: str = "") -> tuple[list[Job], int]:
-    """The planner as it was before issue 15 (Path objects in lists and dicts), kept as the reference."""
+                      suffix: str = "") -> tuple[list[Job], list[Ignored]]:
+    """The planner as it was before issue 15 (Path objects in lists and dicts), kept as the reference, with what
+    issue 26 changed: every extension Pillow reads, and broken links, loops and symlinked folders reported."""
     def expand(arg: str) -> list[Path]:
         if glob.has_magic(arg):
             matches = sorted(glob.glob(arg, recursive=True))
             if not matches:
                 raise BatchError(f"{arg}: no files match")
             return [Path(m) for m in matches]
-        if not Path(arg).exists():
+        if not os.path.lexists(arg):
             raise BatchError(f"{arg}: no such file or folder")
         return [Path(arg)]
 
     outdir_abs = Path(os.path.abspath(outdir))
+    suffixes = image_suffixes()
+
+    def walk(top: Path) -> list[Path]:
+        found: list[Path] = []
+        if Path(os.path.abspath(top)).is_relative_to(outdir_abs):
+            return found  # earlier outputs in an input folder are not inputs
+        for name in sorted(os.listdir(top)):
+            f = top / name
+            if f.is_dir() and not f.is_symlink():
+                if recursive:
+                    found.extend(walk(f))
+                continue
+            found.append(f)
+        return found
+
     pairs: list[tuple[Path, Path]] = []
-    ignored = 0
+    ignored: list[Ignored] = []
     for arg in inputs:
         for path in expand(arg):
             if path.is_dir():
-                for f in sorted(path.rglob("*") if recursive else path.iterdir()):
-                    if not f.is_file() or Path(os.path.abspath(f)).is_relative_to(outdir_abs):
-                        continue
+                for f in walk(path):
                     if f.name.startswith(".esrgan"):
                         continue
-                    if f.suffix.lower() in IMAGE_SUFFIXES:
+                    if f.is_symlink() and f.is_dir():
+                        ignored.append(Ignored(str(f), "a symlinked folder (not entered)"))
+                    elif not f.is_file() and not f.is_symlink():
+                        ignored.append(Ignored(str(f), "not a regular file"))
+                    elif f.suffix.lower() in suffixes:
                         pairs.append((f, f.relative_to(path)))
                     else:
-                        ignored += 1
+                        ignored.append(Ignored(str(f), "not an image extension"))
             else:
                 pairs.append((path, Path(path.name)))
     seen: set[Path] = set()
@@ -56,10 +75,11 @@ def reference_collect(inputs: list[str], outdir: Path, recursive: bool = False, 
     claimed: dict[str, Path] = {}
     for src, rel in pairs:
         real = Path(os.path.realpath(src))
-        if real in seen:
-            continue
-        seen.add(real)
-        ext = FORMAT_SUFFIXES[fmt] if fmt else rel.suffix.lower()
+        if src.exists():  # a broken link or a loop is its own job, which fails and says what it is
+            if real in seen:
+                continue
+            seen.add(real)
+        ext = FORMAT_SUFFIXES[fmt] if fmt else rel.suffix.lower() if rel.suffix.lower() in FORMATS else ".png"
         key = (rel.parent / f"{rel.stem}{suffix}{ext}").as_posix()
         if key.lower() in claimed:
             raise BatchError(f"{claimed[key.lower()]} and {src} would both write {outdir / key}; "
@@ -69,7 +89,8 @@ def reference_collect(inputs: list[str], outdir: Path, recursive: bool = False, 
             raise BatchError(f"{src}: the output would overwrite the input; choose another output folder or --suffix")
         jobs.append(Job(src, outdir / key, key))
     if not jobs:
-        raise BatchError("no images to process (known extensions: " + ", ".join(IMAGE_SUFFIXES) + ")")
+        left = f" ({len(ignored)} files without an image extension Pillow reads)" if ignored else ""
+        raise BatchError(f"no images to process{left}")
     return jobs, ignored
 
 
@@ -88,6 +109,11 @@ def odd_tree(tmp_path: Path) -> Path:
     (root / "link.png").symlink_to(root / "a.png")  # the same file twice
     (root / "linkdir").symlink_to(root / "a", target_is_directory=True)  # not entered
     (root / "dangling.png").symlink_to(root / "nowhere.png")
+    (root / "loop.png").symlink_to(root / "loop.png")  # a loop: a job that fails, never gone silently
+    (root / "dangling.txt").symlink_to(root / "nowhere.txt")
+    touch(root / "b" / "gray.pgm")  # every extension Pillow reads
+    touch(root / "b" / "model.h5")  # a Pillow stub format: not an image in a folder
+    os.mkfifo(root / "b" / "pipe.png")
     return root
 
 
@@ -98,12 +124,12 @@ def test_plans_exactly_what_the_reference_planned(odd_tree: Path, recursive: boo
     for inputs, out in (([str(odd_tree)], odd_tree / "out"), ([str(odd_tree / "a"), str(odd_tree / "*.png"),
                                                              str(odd_tree / "a.png")], odd_tree.parent / "o")):
         try:
-            want: tuple[list[Job], int] | str = reference_collect(inputs, out, recursive, fmt, suffix)
+            want: tuple[list[Job], list[Ignored]] | str = reference_collect(inputs, out, recursive, fmt, suffix)
         except BatchError as e:
             want = str(e)
         try:
             jobs, ignored = list_jobs(inputs, out, recursive, fmt, suffix)
-            got: tuple[list[Job], int] | str = (list(jobs), ignored)
+            got: tuple[list[Job], list[Ignored]] | str = (list(jobs), ignored)
         except BatchError as e:
             got = str(e)
         assert got == want
@@ -144,7 +170,7 @@ def test_planning_hashes_only_inputs_the_journal_knows(tmp_path: Path, monkeypat
     journal.record(jobs[3], "wrong-sha", "m", {})
     hashed: list[Path] = []
     monkeypatch.setattr("esrgan_cli.batch._journal.sha256_of", lambda p: hashed.append(p) or "wrong-sha")
-    plan = plan_batch(jobs, 0, BatchOptions(), Journal(out), "m", {})
+    plan = plan_batch(jobs, [], BatchOptions(), Journal(out), "m", {})
     assert hashed == [jobs[3].src]
     assert [j.key for j in plan.skipped] == ["3.png"] and len(plan.todo) == 4
 
@@ -159,10 +185,12 @@ import numpy
 from esrgan_cli.batch._jobs import list_jobs
 from esrgan_cli.batch._journal import Journal
 from esrgan_cli.batch.plan import BatchOptions, plan_batch
+from esrgan_cli.files import image_suffixes
+image_suffixes()  # Pillow's plugins, imported once for the list of extensions: not a cost per file
 base = peak()
 start = time.process_time()
 jobs, _ = list_jobs([str(root)], root.parent / "out", recursive=True)
-plan = plan_batch(jobs, 0, BatchOptions(), Journal(root.parent / "out"), "m", {})
+plan = plan_batch(jobs, [], BatchOptions(), Journal(root.parent / "out"), "m", {})
 assert len(plan.todo) == n
 print((peak() - base) * 1024 / n, time.process_time() - start)
 """

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import overload
 
-from esrgan_cli.defaults import FORMAT_SUFFIXES, IMAGE_SUFFIXES
+from esrgan_cli.defaults import FORMAT_SUFFIXES, FORMATS
 from esrgan_cli.errors import BatchError
-from esrgan_cli.files import walk_sorted
+from esrgan_cli.files import image_suffixes, walk_sorted
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,13 @@ def _suffix(name: str) -> str:
     """`Path(name).suffix`, without making a Path."""
     i = name.rfind(".")
     return name[i:] if 0 < i < len(name) - 1 else ""
+
+
+def _kept(ext: str) -> str:
+    """The output extension for an input's: its own where esrgan writes that format (.pgm, .psd, .dds are read
+    but not written), else PNG, which holds everything they can (16 bits, alpha)."""
+    ext = ext.lower()
+    return ext if ext in FORMATS else ".png"
 
 
 class JobList(Sequence["Job"]):
@@ -64,7 +71,7 @@ class JobList(Sequence["Job"]):
         folder, _, name = rel.rpartition("/")
         ext = _suffix(name)
         stem = name[: len(name) - len(ext)]
-        out = f"{stem}{self._suffix}{self._ext if self._ext else ext.lower()}"
+        out = f"{stem}{self._suffix}{self._ext or _kept(ext)}"
         return f"{folder}/{out}" if folder else out
 
     def src(self, i: int) -> Path:
@@ -115,23 +122,32 @@ def _expand(arg: str) -> list[Path]:
             raise BatchError(f"{arg}: no files match")
         return [Path(m) for m in matches]
     path = Path(arg)
-    if not path.exists():
+    if not os.path.lexists(path):
         raise BatchError(f"{arg}: no such file or folder")
-    return [path]
+    return [path]  # a broken symlink or a loop included: its job fails and says what it is
 
 
 def _inside(path: str, folder: str) -> bool:
     return path == folder or path.startswith(folder if folder.endswith(os.sep) else folder + os.sep)
 
 
+@dataclass(frozen=True)
+class Ignored:
+    """A file in an input folder that the batch does not read, and why."""
+
+    path: str
+    reason: str
+
+
 class _Walk:
-    """What walking the inputs found: the jobs, a file identity hash per job, and the non-image files."""
+    """What walking the inputs found: the jobs, a file identity hash per job, and the files left out."""
 
     def __init__(self, jobs: JobList, outdir_abs: str) -> None:
         self.jobs = jobs
         self.ids = array("q")  # hash((st_dev, st_ino)) of each source: equal for the same file
-        self.ignored = 0
+        self.ignored: list[Ignored] = []
         self.outdir_abs = outdir_abs
+        self.suffixes = image_suffixes()
 
     def file(self, root: str, rel: str, st: os.stat_result) -> None:
         self.jobs.add(root, rel)
@@ -139,13 +155,16 @@ class _Walk:
 
     def named(self, path: Path) -> None:
         """A file named on the command line: taken whatever its extension, written under its own name."""
+        self._take(str(path.parent), path.name)
+
+    def _take(self, root: str, rel: str) -> None:
         try:
-            st = os.stat(path)
-        except OSError:  # a dangling link: its read fails later, like any unreadable input
-            self.jobs.add(str(path.parent), path.name)
-            self.ids.append(hash(("unreadable", str(path))))
+            st = os.stat(os.path.join(root, rel))
+        except OSError:  # a broken symlink or a loop: its read fails and says which, like any unreadable input
+            self.jobs.add(root, rel)
+            self.ids.append(hash(("unreadable", root, rel)))
             return
-        self.file(str(path.parent), path.name, st)
+        self.file(root, rel, st)
 
     def folder(self, top: Path, recursive: bool) -> None:
         """Every file under `top` in sorted-path order (`files.walk_sorted`): symlinked folders are not entered,
@@ -154,12 +173,21 @@ class _Walk:
         try:
             for rel, entry in walk_sorted(root, recursive, self._enter):
                 try:
-                    if not entry.is_file() or entry.name.startswith(".esrgan"):
+                    if entry.name.startswith(".esrgan"):
                         continue  # our journal and lock file
-                    if _suffix(entry.name).lower() not in IMAGE_SUFFIXES:
-                        self.ignored += 1
+                    # os.path's tests never raise: DirEntry's do on a symlink loop, which must not vanish.
+                    link, is_dir = entry.is_symlink(), os.path.isdir(entry.path)
+                    if link and is_dir:
+                        self.ignored.append(Ignored(entry.path, "a symlinked folder (not entered)"))
                         continue
-                    self.file(root, rel, entry.stat())
+                    if not link and not os.path.isfile(entry.path):
+                        if not is_dir:  # a FIFO, socket or device: never read
+                            self.ignored.append(Ignored(entry.path, "not a regular file"))
+                        continue
+                    if _suffix(entry.name).lower() not in self.suffixes:
+                        self.ignored.append(Ignored(entry.path, "not an image extension"))
+                        continue
+                    self._take(root, rel)  # a broken symlink or a loop fails with its reason, never vanishes
                 except OSError:
                     continue  # gone or unreadable since the listing: as if never there
         except OSError as e:  # only `top` itself raises: an unreadable subfolder is skipped
@@ -171,13 +199,13 @@ class _Walk:
 
 def list_jobs(
     inputs: Iterable[str], outdir: Path, recursive: bool = False, fmt: str | None = None, suffix: str = ""
-) -> tuple[JobList, int]:
-    """Plan every output before any work: the jobs and how many non-image files were ignored. Raises
+) -> tuple[JobList, list[Ignored]]:
+    """Plan every output before any work: the jobs and the files of input folders left out. Raises
     `BatchError` when there is nothing to do, a path is missing, or two inputs would write one output."""
     walk = _Walk(JobList(outdir, fmt, suffix), os.path.abspath(outdir))
     for arg in inputs:
         for path in _expand(arg):
-            if path.is_dir():
+            if os.path.isdir(path):
                 walk.folder(path, recursive)
             else:
                 walk.named(path)
@@ -188,7 +216,8 @@ def list_jobs(
     del walk, keep
     _check_outputs(jobs, ids, outdir)
     if not len(jobs):
-        raise BatchError("no images to process (known extensions: " + ", ".join(IMAGE_SUFFIXES) + ")")
+        left = f" ({len(ignored)} files without an image extension Pillow reads)" if ignored else ""
+        raise BatchError(f"no images to process{left}")
     return jobs, ignored
 
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from esrgan_cli.batch._jobs import Job, JobList
+from esrgan_cli.batch._jobs import Ignored, Job, JobList
 from esrgan_cli.batch._journal import Journal
 from esrgan_cli.defaults import DEFAULT_QUALITY
 
@@ -32,11 +32,11 @@ class BatchOptions:
 class BatchPlan:
     todo: Sequence[Job]
     skipped: Sequence[Job]  # done and still valid, per the journal
-    ignored: int  # files without an image extension
+    ignored: Sequence[Ignored]  # files of input folders not read, each with why
 
 
 def plan_batch(
-    jobs: Sequence[Job], ignored: int, options: BatchOptions, journal: Journal, model_sha256: str,
+    jobs: Sequence[Job], ignored: Sequence[Ignored], options: BatchOptions, journal: Journal, model_sha256: str,
     pixels: dict[str, Any],
 ) -> BatchPlan:
     """The jobs of `list_jobs`, split into what to do and what the journal says is done (unless `overwrite`).

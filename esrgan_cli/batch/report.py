@@ -24,6 +24,7 @@ def write_report(path: str | Path, plan: BatchPlan, outcomes: Sequence[Outcome],
         "skipped": [{"input": str(j.src), "output": str(j.dst)} for j in plan.skipped],
         "failed": [{"input": str(o.job.src), "output": str(o.job.dst), "error": o.error}
                    for o in outcomes if o.error],
+        "ignored": [{"input": i.path, "reason": i.reason} for i in plan.ignored],
     }
     with atomic_write(Path(path)) as tmp:
         tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
@@ -60,7 +61,7 @@ class BatchSummary:
     done: int
     skipped: int
     failed: int
-    ignored: int  # files without an image extension
+    ignored: int  # files of input folders not read (no image extension, a symlinked folder, a FIFO)
     stopped: bool  # a full disk stopped the batch: free space and make the same call again to resume
     not_started: int  # files it kept from starting
     frames: int  # frames or pages written

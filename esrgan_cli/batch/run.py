@@ -27,6 +27,7 @@ from esrgan_cli.upscale.pipeline import UpscaleOptions
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    from esrgan_cli.batch._jobs import Ignored
     from esrgan_cli.batch.cluster.protocol import ClusterOptions
     from esrgan_cli.upscale.device import Precision
 
@@ -41,7 +42,8 @@ class BatchEvents:
         """Something the user should know that is about no one file: a changed precision, a replica that died."""
 
     def planned(self, plan: BatchPlan) -> None:
-        """The plan is made: `plan.todo` will run; `plan.skipped` are done already; `plan.ignored` non-images."""
+        """The plan is made: `plan.todo` will run; `plan.skipped` are done already; `plan.ignored` are the
+        files of input folders it does not read (`path`, `reason`)."""
 
     def finished(self, outcome: Outcome) -> None:
         """One file is done or failed (`outcome.error`), with its notes."""
@@ -85,8 +87,8 @@ def upscale_files(
         return _run_distributed(jobs, ignored, outdir, chosen, options, batch, batch.cluster, events)
 
 
-def _run_here(jobs: Sequence[Job], ignored: int, outdir: Path, model: _Model, options: UpscaleOptions,
-              batch: BatchOptions, events: BatchEvents) -> BatchSummary:
+def _run_here(jobs: Sequence[Job], ignored: Sequence[Ignored], outdir: Path, model: _Model,
+              options: UpscaleOptions, batch: BatchOptions, events: BatchEvents) -> BatchSummary:
     from esrgan_cli.api import load_model
 
     upscaler = load_model(model.spec, model.device, model.precision)
@@ -105,8 +107,9 @@ def _run_here(jobs: Sequence[Job], ignored: int, outdir: Path, model: _Model, op
     return _execute(plan, outdir, batch, (model.spec, model_sha), execute, events)
 
 
-def _run_distributed(jobs: Sequence[Job], ignored: int, outdir: Path, model: _Model, options: UpscaleOptions,
-                     batch: BatchOptions, cluster: ClusterOptions, events: BatchEvents) -> BatchSummary:
+def _run_distributed(jobs: Sequence[Job], ignored: Sequence[Ignored], outdir: Path, model: _Model,
+                     options: UpscaleOptions, batch: BatchOptions, cluster: ClusterOptions,
+                     events: BatchEvents) -> BatchSummary:
     """The driver: replicas load the model the driver checked and sent them; the first to start tells the
     precision, which the journal's pixel options include."""
     from esrgan_cli.batch.cluster.driver import Journaling, open_driver
@@ -152,6 +155,6 @@ def _execute(plan: BatchPlan, outdir: Path, batch: BatchOptions, model: tuple[st
     if batch.report is not None:
         write_report(batch.report, plan, tally.outcomes, model[0], model[1], seconds)
     todo = len(plan.todo)
-    return BatchSummary(done=tally.done, skipped=len(plan.skipped), failed=tally.failed, ignored=plan.ignored,
+    return BatchSummary(done=tally.done, skipped=len(plan.skipped), failed=tally.failed, ignored=len(plan.ignored),
                         stopped=tally.stopped, not_started=todo - tally.done - tally.failed, frames=tally.frames,
                         megapixels=tally.megapixels, seconds=seconds, outdir=outdir)

@@ -18,8 +18,9 @@ if TYPE_CHECKING:
 class _Printer(BatchEvents):
     """Per-file lines and notes on stderr, beside a progress bar over the files to do."""
 
-    def __init__(self, quiet: bool, outdir: Path) -> None:
+    def __init__(self, quiet: bool, outdir: Path, verbose: bool = False) -> None:
         self.quiet = quiet
+        self.verbose = verbose and not quiet
         self.outdir = outdir
         self.progress: ProgressBar | None = None
         self.advance: Any = None
@@ -30,8 +31,19 @@ class _Printer(BatchEvents):
             self._say(f"note: {message}")
 
     def planned(self, plan: BatchPlan) -> None:
-        if not self.quiet and (plan.skipped or plan.ignored):
-            say(f"{len(plan.skipped)} already done (journal in {self.outdir}), {plan.ignored} non-image files ignored")
+        if not self.quiet:
+            said = []
+            if plan.skipped:
+                said.append(f"{len(plan.skipped)} already done (journal in {self.outdir})")
+            if plan.ignored:
+                n = len(plan.ignored)
+                detail = ":" if self.verbose else " (-v names them)"
+                said.append(f"{n} {'file' if n == 1 else 'files'} in the input folders not read{detail}")
+            if said:
+                say(", ".join(said))
+            if self.verbose:
+                for ignored in plan.ignored:
+                    say(f"  not read: {ignored.path} ({ignored.reason})")
         self.todo = len(plan.todo)
         self.progress = ProgressBar(self.quiet, "images", files=self.todo)
         self.advance = self.progress.__enter__()
@@ -60,7 +72,7 @@ class _Printer(BatchEvents):
 def upscale_many(paths: tuple[str, ...], outdir: Path, run: Run, batch: BatchOptions) -> None:
     from esrgan_cli.batch.run import upscale_files
 
-    printer = _Printer(run.quiet, outdir)
+    printer = _Printer(run.quiet, outdir, run.verbose)
     try:
         summary = upscale_files(paths, outdir, model=run.model, device=run.device, precision=run.precision,
                                 options=run.options, batch=batch, events=printer)
@@ -72,7 +84,11 @@ def upscale_many(paths: tuple[str, ...], outdir: Path, run: Run, batch: BatchOpt
     if not run.quiet or summary.failed:
         frames = f" ({summary.frames} frames or pages)" if summary.frames > summary.done else ""
         seconds = summary.seconds
+        # A rate says something once a second's work or a megapixel has gone by; "0.004 Mpx/s" for a few icons
+        # does not.
+        rate = (f", {summary.megapixels / seconds:.2f} input Mpx/s"
+                if seconds >= 1 and summary.megapixels >= 1 else "")
         say(f"done {summary.done}{frames}, skipped {summary.skipped}, failed {summary.failed} in {seconds:.1f} s "
-            f"({summary.megapixels / seconds if seconds > 0 else 0:.3f} input Mpx/s)")
+            f"(into {outdir}{rate})")
     if summary.failed:
         raise SystemExit(1)

@@ -133,3 +133,4 @@ class Run:
     options: UpscaleOptions
     quality: int
     quiet: bool
+    verbose: bool = False  # a batch names the files it does not read

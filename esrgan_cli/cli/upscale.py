@@ -14,7 +14,7 @@ from esrgan_cli.defaults import (
     DEFAULT_OVERLAP,
     DEFAULT_QUALITY,
     FORMAT_SUFFIXES,
-    IMAGE_SUFFIXES,
+    FORMATS,
 )
 from esrgan_cli.errors import EsrganError, naming
 
@@ -61,7 +61,7 @@ def register(group: click.Group) -> None:
               show_default=True, help="Refuse outputs larger than this (0: no limit).")
 @click.option("-r", "--recursive", is_flag=True, help="Batch: walk subfolders and mirror the tree under the output.")
 @click.option("--format", "out_format", type=click.Choice(list(FORMAT_SUFFIXES)), default=None,
-              help="Batch: output format (default: keep each input's).")
+              help="Batch: output format (default: keep each input's where esrgan writes it, else png).")
 @click.option("--suffix", default="", metavar="TEXT", help="Batch: added to each output's name, e.g. _x4.")
 @click.option("--overwrite", is_flag=True, help="Batch: redo outputs that the journal says are done.")
 @click.option("--report", type=click.Path(path_type=Path, dir_okay=False), default=None,
@@ -73,11 +73,15 @@ def register(group: click.Group) -> None:
               help="Batch: model replicas. With --ray: one GPU each where the cluster has GPUs (default: one per GPU, "
                    "else one per node). Without --ray: one process per GPU of this machine.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary; errors still go to stderr.")
+@click.option("-v", "--verbose", is_flag=True,
+              help="Batch: name each file of the input folders that is not read (no image extension Pillow reads, "
+                   "a symlinked folder, a FIFO), and why.")
 def upscale(
     paths: tuple[str, ...], output_path: Path, model: str | None, tile: int | None, overlap: int, device: str,
     precision: str, outscale: float | None, quality: int, alpha_mode: str, alpha_loss: str, tta: bool,
     first_frame: bool, max_output_pixels: int, recursive: bool, out_format: str | None, suffix: str,
     overwrite: bool, report: Path | None, ray_address: str | None, workers: int | None, quiet: bool,
+    verbose: bool,
 ) -> None:
     """Upscale images: one file into -o FILE, or many into the folder -o OUTDIR.
 
@@ -101,9 +105,9 @@ def upscale(
     options = UpscaleOptions(tile=tile, overlap=overlap, outscale=outscale, alpha=cast("AlphaMode", alpha_mode),
                              alpha_loss=cast("AlphaLoss", alpha_loss),
                              max_output_pixels=max_output_pixels, tta=tta, first_frame=first_frame)
-    single = _is_single(paths, output_path)
+    single = _is_single(paths, output_path, quiet)
     run = Run(model=model, device=device, precision=cast("Precision", precision), options=options,
-              quality=quality, quiet=quiet)
+              quality=quality, quiet=quiet, verbose=verbose)
     if single:
         if ray_address is not None or workers is not None:
             raise click.UsageError("--ray and --workers are for batches: several inputs, a folder or a glob")
@@ -137,7 +141,7 @@ def _cluster(address: str | None, workers: int | None, device: str, quiet: bool)
     return ClusterOptions(workers=min(workers, len(gpus)), devices=tuple(gpus[:workers]))
 
 
-def _is_single(paths: tuple[str, ...], output: Path) -> bool:
+def _is_single(paths: tuple[str, ...], output: Path, quiet: bool) -> bool:
     """One file into -o FILE, or a batch into the folder -o OUTDIR; a mix-up is a usage error."""
     import glob
 
@@ -145,15 +149,19 @@ def _is_single(paths: tuple[str, ...], output: Path) -> bool:
     # os.path never raises (Path.is_dir does on a name too long for the file system).
     into_folder = os.path.isdir(output) or str(output).endswith(("/", "\\")) or not output.suffix
     if into_folder:
+        if not many and not quiet and not os.path.isdir(output) and not str(output).endswith(("/", "\\")):
+            # `-o out` for one file: a folder is meant as often as a file without its extension; say which it is.
+            say(f"note: -o {output} has no extension, so it names a folder: the output goes into {output}/ "
+                f"(give -o {output}.png to write one file)")
         return False
     if many:
         raise click.BadParameter(
             f"with several inputs, a folder or a glob, -o names an output folder, not a file like {output.name!r}",
             param_hint="'-o'",
         )
-    if output.suffix.lower() not in IMAGE_SUFFIXES:
+    if output.suffix.lower() not in FORMATS:
         raise click.BadParameter(
-            f"unknown extension {output.suffix!r} (use {', '.join(s[1:] for s in IMAGE_SUFFIXES)}, "
+            f"unknown extension {output.suffix!r} (use {', '.join(s[1:] for s in FORMATS)}, "
             "or a folder)",
             param_hint="'-o'",
         )
@@ -199,7 +207,11 @@ def _upscale_one(input_path: Path, output_path: Path, run: Run) -> None:
             say(line)
         w, h = result.image.size
         frames = f"{result.frame_count} frames of " if result.frame_count > 1 else ""
-        tiles = "whole image" if result.model_calls == 1 else f"{result.model_calls} tiles"
+        # An animation calls the model once per frame at least: only more calls than frames mean tiles.
+        if result.model_calls <= result.frame_count:
+            tiles = "whole frames" if result.frame_count > 1 else "whole image"
+        else:
+            tiles = f"{result.model_calls} tiles"
         retried = f", {result.fp32_retries} tiles recomputed in fp32" if result.fp32_retries else ""
         placement = upscaler.placement
         say(

@@ -4,11 +4,13 @@ libpng, …) write to fd 2.
 Pillow warns about corrupt EXIF, broken APNG chunks and oversized TIFF tags; its plugins also log (TIFF's "More
 samples per pixel than can be decoded" is a `logging` error, which Python's last-resort handler would print on
 `sys.stderr`, outside any fd 2 capture); and libtiff's C code prints ("Fax4Decode: Bad code word …") straight to
-file descriptor 2. All three are collected here so the caller can make one note of them. The redirection of fd 2 is process-wide, so one lock serialises every capture: a batch decodes
-on a reader thread while the main thread computes. The command line points its own `sys.stderr` at a duplicate
-of fd 2 before any work (`keep_python_stderr`), so its messages never land in a capture. Python's warning
-filters are process-wide too (before Python 3.14's context-aware warnings): a warning that another thread raises
-during a capture would land in that file's note; esrgan's compute thread raises none in normal operation.
+file descriptor 2. All three are collected here so the caller can make one note of them.
+
+The redirection of fd 2 is process-wide, so one lock serialises every capture: a batch decodes on a reader thread
+while the main thread computes. The command line points its own `sys.stderr` at a duplicate of fd 2 before any work
+(`keep_python_stderr`), so its messages never land in a capture. Python's warning filters are process-wide too
+(before Python 3.14's context-aware warnings): a warning that another thread raises during a capture would land in
+that file's note; esrgan's compute thread raises none in normal operation.
 """
 
 from __future__ import annotations
