@@ -37,7 +37,7 @@ def test_ray_without_the_extra_is_one_line_naming_the_install(tiny_weights: Path
     proc = subprocess.run([sys.executable, "-c", NO_RAY, "upscale", str(tmp_path / "in"), "-o", str(tmp_path / "o"),
                            "--model", str(tiny_weights), "--ray", "auto"],
                           capture_output=True, text=True, cwd=ROOT, timeout=WAIT_S)
-    assert_one_line_error(proc, 1, 'pip install "esrgan[ray]"')
+    assert_one_line_error(proc, 1, 'pip install ".[ray]" in the esrgan checkout')
 
 
 def test_ray_and_workers_are_for_batches(tiny_weights: Path, tmp_path: Path) -> None:

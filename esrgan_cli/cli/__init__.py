@@ -24,7 +24,8 @@ __all__ = ["cli", "main"]
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "-V", "--version", prog_name="esrgan")
 @click.option("--debug", is_flag=True, envvar="ESRGAN_DEBUG",
-              help="Show the full traceback under each error (also ESRGAN_DEBUG=1).")
+              help="Show the full traceback under each error, and with --ray Ray's own messages, on stderr (also "
+                   "ESRGAN_DEBUG=1).")
 def cli(debug: bool) -> None:
     """Upscale images 4x with ESRGAN (RRDBNet), seam-free and safely.
 

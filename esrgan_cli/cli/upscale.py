@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, cast
 
 import click
 
-from esrgan_cli.cli.common import DeviceParam, ProgressBar, Run, TileParam, notes_line, say
+from esrgan_cli.cli.common import SETTINGS, DeviceParam, ProgressBar, Run, TileParam, notes_line, say
 from esrgan_cli.defaults import (
     DEFAULT_MAX_OUTPUT_PIXELS,
     DEFAULT_OVERLAP,
@@ -68,7 +68,8 @@ def register(group: click.Group) -> None:
               help="Batch: write a JSON report of done, skipped and failed files.")
 @click.option("--ray", "ray_address", default=None, metavar="ADDRESS",
               help="Batch: run on a Ray cluster: auto (RAY_ADDRESS or a running `ray start`), local (start one on "
-                   "this machine), HOST:PORT or ray://HOST:PORT. Needs pip install \"esrgan[ray]\".")
+                   "this machine), HOST:PORT or ray://HOST:PORT. Needs pip install \".[ray]\" in the esrgan checkout; "
+                   "Ray's own messages show (on stderr) only with esrgan --debug.")
 @click.option("--workers", type=click.IntRange(min=1), default=None, metavar="N",
               help="Batch: model replicas. With --ray: one GPU each where the cluster has GPUs (default: one per GPU, "
                    "else one per node). Without --ray: one process per GPU of this machine.")
@@ -127,7 +128,7 @@ def _cluster(address: str | None, workers: int | None, device: str, quiet: bool)
     if address is not None:
         if not address.strip():
             raise click.BadParameter("an address: auto, local, HOST:PORT or ray://HOST:PORT", param_hint="'--ray'")
-        return ClusterOptions(address=address.strip(), workers=workers)
+        return ClusterOptions(address=address.strip(), workers=workers, ray_logs=SETTINGS.debug)
     if workers is None or workers == 1:
         return None
     from esrgan_cli.batch.cluster.localpool import local_gpus

@@ -19,6 +19,7 @@ class ClusterOptions:
     attempts: int = 3  # a file whose replica died this many times is reported failed
     object_store_bytes: int | None = None  # Ray's object store for `address="local"`; None: Ray's default
     devices: tuple[str, ...] = ()  # local processes: one replica per device; () means one per CUDA GPU
+    ray_logs: bool = False  # Ray's own messages (its log, worker output, worker deaths) on stderr; else none
 
 
 @dataclass(frozen=True)
