@@ -6,8 +6,10 @@ Each test waits for something it can observe (outputs by rename, a worker's proc
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -21,7 +23,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from test_batch import save_png
-from test_cli import esrgan
+from test_cli import assert_one_line_error, esrgan
 
 from esrgan_cli.model.arch import RRDBConfig
 from esrgan_cli.model.weights import save_safetensors
@@ -57,33 +59,46 @@ def _wait_for(condition: object, limit_s: float = WAIT_S) -> bool:
     return True
 
 
-@pytest.fixture(scope="module")
-def addresses() -> Iterator[tuple[str, str]]:
-    """`ray start --head` on 127.0.0.1 as the README shows it (HOST:PORT, and ray://HOST:PORT for Ray's client); its
-    whole process group is stopped afterwards."""
+@contextlib.contextmanager
+def ray_head(env: dict[str, str], client: int | None = None) -> Iterator[int]:
+    """`ray start --head` on 127.0.0.1 (two CPUs, a small object store, Ray's client on port `client`) with `env`;
+    yields its port. Its whole process group is stopped afterwards."""
     temp = tempfile.mkdtemp(prefix="esr-ray-")  # short: Ray's socket paths must stay under 108 characters
-    port, client = _free_port(), _free_port()
+    port = _free_port()
     start = subprocess.Popen(
         [str(Path(sys.executable).parent / "ray"), "start", "--head", f"--port={port}",
-         f"--ray-client-server-port={client}", "--node-ip-address=127.0.0.1", "--num-cpus=2",
-         "--object-store-memory=200000000",
+         f"--ray-client-server-port={client or _free_port()}",
+         "--node-ip-address=127.0.0.1", "--num-cpus=2", "--object-store-memory=200000000",
          "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp}"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, **RAY_ENV},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "HOME": temp, **env},
         start_new_session=True,  # its own process group: the cluster's processes, and only they, are stopped
     )
-    out, _ = start.communicate(timeout=WAIT_S)
     try:
+        out, _ = start.communicate(timeout=WAIT_S)
         assert start.returncode == 0, out
-        yield f"127.0.0.1:{port}", f"ray://127.0.0.1:{client}"
+        yield port
     finally:
-        for sig, limit in ((signal.SIGTERM, 60.0), (signal.SIGKILL, 60.0)):
+        for sig, limit in ((signal.SIGTERM, 15.0), (signal.SIGKILL, 60.0)):  # Ray may ignore SIGTERM for long
             if _group_gone(start.pid):
                 break
             os.killpg(start.pid, sig)
             _wait_for(lambda: _group_gone(start.pid), limit)
-        import shutil
-
         shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def addresses() -> Iterator[tuple[str, str]]:
+    """A cluster as the README shows it (HOST:PORT, and ray://HOST:PORT for Ray's client), without tokens."""
+    client = _free_port()
+    with ray_head(RAY_ENV, client) as port:
+        yield f"127.0.0.1:{port}", f"ray://127.0.0.1:{client}"
+
+
+def esrgan_at_home(home: Path, *args: str | Path, **env: str) -> subprocess.CompletedProcess[str]:
+    """`esrgan ARGS` as a user with the home folder `home` who has set none of Ray's token variables."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH_")}
+    return subprocess.run([sys.executable, "-m", "esrgan_cli", *map(str, args)], capture_output=True, text=True,
+                          cwd=ROOT, timeout=WAIT_S, env={**clean, "HF_HUB_OFFLINE": "1", "HOME": str(home), **env})
 
 
 @pytest.fixture
@@ -217,8 +232,12 @@ def test_a_replica_killed_mid_batch_costs_nothing(cluster: str, heavy: tuple[Pat
                proc, "two outputs while replicas run")
     victim = sorted(set(replicas()) - before)[0]
     os.kill(victim, signal.SIGKILL)
-    _, stderr = proc.communicate(timeout=WAIT_S)
+    stdout, stderr = proc.communicate(timeout=WAIT_S)
     assert proc.returncode == 0, stderr
+    # Issue 26, item 11: Ray's coloured "(raylet) A worker died..." paragraph reached stdout, which carries only
+    # esrgan's output (none for a batch); without --debug it is not on stderr either.
+    assert stdout == ""
+    assert "\x1b[" not in stderr and "(raylet)" not in stderr, stderr
     assert "Traceback" not in stderr and "done 16, skipped 0, failed 0" in stderr, stderr
     assert f"note: a worker died on {socket.gethostname()} (pid {victim})" in stderr, stderr
     assert not Path(f"/proc/{victim}").exists()
@@ -253,11 +272,61 @@ def test_ctrl_c_on_the_driver_exits_130_and_the_rerun_finishes(cluster: str, hea
     assert {key: (out / key).stat().st_mtime_ns for key in done} == kept
 
 
-def test_ray_local_starts_and_stops_a_cluster_of_its_own(inputs: Path, tiny_weights: Path, tmp_path: Path) -> None:
+def test_ray_local_starts_and_stops_a_cluster_of_its_own_and_leaves_no_token(
+        inputs: Path, tiny_weights: Path, tmp_path: Path) -> None:
+    """Issue 26, item 2: Ray's local cluster wrote its token to ~/.ray/auth_token, which later drivers then used
+    against clusters without tokens (see the next test)."""
     before = set(replicas())
     (inputs / "sub" / "corrupt.png").unlink()
-    proc = esrgan("upscale", inputs, "-r", "-o", tmp_path / "out", "--model", tiny_weights, "--ray", "local",
-                  "--workers", "1", env={**RAY_ENV, "RAY_TMPDIR": tempfile.gettempdir()})
+    home = tmp_path / "home"
+    home.mkdir()
+    proc = esrgan_at_home(home, "upscale", inputs, "-r", "-o", tmp_path / "out", "--model", tiny_weights,
+                          "--ray", "local", "--workers", "1", RAY_TMPDIR=tempfile.gettempdir())
     assert proc.returncode == 0, proc.stderr
     assert "done 8, skipped 0, failed 0" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stdout == ""
+    assert [p.relative_to(home).as_posix() for p in home.rglob("*")] == []
     assert _wait_for(lambda: not set(replicas()) - before)
+
+
+def test_a_token_in_home_does_not_break_joining_a_cluster_without_tokens(
+        cluster: str, tiny_weights: Path, tmp_path: Path) -> None:
+    """Issue 26, item 2: with the token an earlier `--ray local` left, joining a `ray start --head` cluster started
+    without tokens failed with "replicas keep dying while they load the model": the driver expected tokens that
+    the cluster's processes do not send."""
+    save_png(tmp_path / "in" / "a.png")
+    home = tmp_path / "home"
+    (home / ".ray").mkdir(parents=True)
+    (home / ".ray" / "auth_token").write_text("0123456789abcdef" * 4)
+    proc = esrgan_at_home(home, "upscale", tmp_path / "in", "-o", tmp_path / "out", "--model", tiny_weights,
+                          "--ray", cluster, "--workers", "1")
+    assert proc.returncode == 0, proc.stderr
+    assert "done 1, skipped 0, failed 0" in proc.stderr, proc.stderr
+
+
+def test_a_cluster_with_tokens_names_a_missing_or_refused_token_in_one_line(
+        tiny_weights: Path, tmp_path: Path) -> None:
+    """Issue 26, item 2: a cluster started with token authentication, joined without its token, with another
+    token (a file in the home folder), and with its token; the last with --debug, which shows Ray's own messages
+    on stderr (and still nothing on stdout)."""
+    save_png(tmp_path / "in" / "a.png")
+    token = "feedc0de" * 8
+    home = tmp_path / "home"
+    home.mkdir()
+    common = ("upscale", tmp_path / "in", "--model", tiny_weights, "--workers", "1")
+    with ray_head({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token, "HF_HUB_OFFLINE": "1"}) as port:
+        address = f"127.0.0.1:{port}"
+        none = esrgan_at_home(home, *common, "-o", tmp_path / "o1", "--ray", address)
+        assert_one_line_error(none, 1, f"the Ray cluster at {address} needs a token: set RAY_AUTH_TOKEN")
+        assert none.stdout == ""
+        (home / ".ray").mkdir()
+        (home / ".ray" / "auth_token").write_text("0123456789abcdef" * 4)
+        wrong = esrgan_at_home(home, *common, "-o", tmp_path / "o2", "--ray", address)
+        assert_one_line_error(wrong, 1, f"the Ray cluster at {address} refused our token "
+                                        f"(from {home / '.ray' / 'auth_token'}): set RAY_AUTH_TOKEN")
+        right = esrgan_at_home(home, "--debug", *common, "-o", tmp_path / "o3", "--ray", address,
+                               RAY_AUTH_TOKEN=token)
+        assert right.returncode == 0, right.stderr
+        assert "done 1, skipped 0, failed 0" in right.stderr and "Connected to Ray cluster" in right.stderr
+        assert right.stdout == ""
+    assert not list((tmp_path / "o1").glob("*.png")) and not list((tmp_path / "o2").glob("*.png"))
