@@ -35,6 +35,9 @@ def offline_env(tmp_path: Path) -> dict[str, str]:
 
 
 def test_the_default_model_is_bundled_and_its_twins_too() -> None:
+    # The checkout's own folder, even where another checkout is installed in editable mode (the import system
+    # would name that one's).
+    assert weights_dir() == ROOT / "weights"
     registry = load_registry()
     assert registry.default == REAL
     for name in (REAL, GAN, PSNR):

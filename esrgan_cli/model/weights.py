@@ -156,8 +156,8 @@ def build_model(weights: LoadedWeights) -> RRDBNet:
     return model.eval()
 
 
-# An absolute path inside a longer text: POSIX or home-relative, a drive letter, or a UNC share. Not a relative path
-# (`p4/model.safetensors`), a URL's `//` or a ratio such as `0.6/1.1`: the character before it must not belong to a word.
+# An absolute path inside a longer text: POSIX or home-relative, a drive letter, or a UNC share. Not a relative
+# path (`p4/model.safetensors`), a URL's `//` or a ratio such as `0.6/1.1`: the character before it is no word's.
 _EMBEDDED_PATH = re.compile(r"(?<![\w./:~\\-])(?:~?/|[A-Za-z]:[\\/]|\\\\)(?=[^\s/\\])[^\s\"'<>|,;]*")
 _WHOLE_PATH = re.compile(r"(?:~?/|[A-Za-z]:[\\/]|\\\\)[^/\\]")
 
