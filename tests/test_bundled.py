@@ -35,6 +35,9 @@ def offline_env(tmp_path: Path) -> dict[str, str]:
 
 
 def test_the_default_model_is_bundled_and_its_twins_too() -> None:
+    # The checkout's own folder, even where another checkout is installed in editable mode (the import system
+    # would name that one's).
+    assert weights_dir() == ROOT / "weights"
     registry = load_registry()
     assert registry.default == REAL
     for name in (REAL, GAN, PSNR):
@@ -44,6 +47,50 @@ def test_the_default_model_is_bundled_and_its_twins_too() -> None:
         weights = load_weights(resolve_model(name, registry).path)  # sha256-checked
         assert weights.config == entry.config and weights.source_dtype == torch.float16
     assert registry.models[GAN].config == registry.models[PSNR].config == registry.models[REAL].config
+
+
+def strings_in(value: object) -> list[str]:
+    """Every string in a metadata value, inside JSON too (a training config is one JSON value)."""
+    if isinstance(value, str):
+        try:
+            parsed = json.loads(value)
+        except ValueError:
+            return [value]
+        return [value, *strings_in_json(parsed)] if isinstance(parsed, (dict, list)) else [value]
+    return []
+
+
+def strings_in_json(value: object) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [*value, *(s for v in value.values() for s in strings_in_json(v))]
+    if isinstance(value, list):
+        return [s for v in value for s in strings_in_json(v)]
+    return []
+
+
+def absolute_paths(metadata: dict[str, str]) -> list[str]:
+    found = []
+    for key, value in metadata.items():
+        for text in [key, *strings_in(value)]:
+            if (re.match(r"[/~]|[A-Za-z]:[\\/]|\\\\", text) or re.search(r"(^|[\s\"'=(])/[\w.-]", text)
+                    or any(root in text for root in ("/work", "/home", "/tmp", "/root", "/Users", "C:\\"))):
+                found.append(f"{key}: {text[:120]}")
+    return found
+
+
+def test_bundled_weights_carry_no_paths_of_the_machine_they_were_made_on() -> None:
+    """Issue 26, item 10: `esrgan info compact-real-x4` showed the training machine's data folder, VGG file and
+    init checkpoint. Every file in weights/ is a registry model, and none names an absolute path."""
+    registry = load_registry()
+    bundled = {e.source.path.name for e in registry.models.values() if isinstance(e.source, BundledFile)}
+    files = sorted(weights_dir().glob("*.safetensors"))
+    assert {p.name for p in files} == bundled
+    for path in files:
+        metadata = load_weights(path).metadata
+        assert "esrgan.train_config" in metadata, path.name  # the description is kept, only the paths go
+        assert absolute_paths(metadata) == [], path.name
 
 
 def test_readme_run_command_works_offline(tmp_path: Path) -> None:

@@ -168,3 +168,39 @@ def test_convert_onto_its_own_input_is_refused(tiny_weights: Path) -> None:
     proc = esrgan("convert", tiny_weights, "-o", tiny_weights)
     assert_one_line_error(proc, 1, "overwrite the input")
     assert tiny_weights.read_bytes() == before
+
+
+def test_written_weights_name_no_folder_of_this_machine(tiny_weights: Path, tmp_path: Path) -> None:
+    """Issue 26, item 10: a training config naming its data, VGG file and init checkpoint, and the absolute paths
+    given to convert and blend, come out of every written file as bare file names."""
+    from safetensors.torch import load_file, save_file
+    from test_bundled import absolute_paths
+
+    trained = tmp_path / "trained.safetensors"
+    meta = load_weights(tiny_weights).metadata
+    config = {"data": str(tmp_path / "data"), "init": "/home/someone/runs/p3/model_2400.safetensors",
+              "perceptual_weights": "C:\\Users\\someone\\vgg19.safetensors", "val": None, "lr": 0.0001}
+    save_file(load_file(str(tiny_weights)), str(trained), metadata={**meta, "esrgan.train_config": json.dumps(config)})
+    converted, blended = tmp_path / "converted.safetensors", tmp_path / "blended.safetensors"
+    assert esrgan("convert", trained, "-o", converted).returncode == 0
+    assert esrgan("blend", trained, tiny_weights, "--alpha", "0.5", "-o", blended).returncode == 0
+    for path in (converted, blended):
+        assert absolute_paths(load_weights(path).metadata) == [], path.name
+    kept = json.loads(load_weights(converted).metadata["esrgan.train_config"])
+    assert kept == {**config, "data": "data", "init": "model_2400.safetensors",
+                    "perceptual_weights": "vgg19.safetensors"}
+    assert load_weights(blended).metadata["esrgan.blend.a"] == trained.name
+
+
+def test_strip_local_paths_keeps_everything_that_is_not_an_absolute_path() -> None:
+    from esrgan_cli.model.weights import strip_local_paths
+
+    kept = {"esrgan.source": "p4/model_2400.safetensors", "esrgan.levels": "black 0.6/1.1/0.6 folded to 0 and 1",
+            "esrgan.card": "weights/README.md in the esrgan repository", "hub": "hf:o/r/sub/m.pth@v1",
+            "url": "see https://huggingface.co/o/r/resolve/main/m.pth", "slash": "/", "empty": "",
+            "json": '{"a": [1, 2.5, null, "rel/x"], "b": {"c": "hub"}}'}
+    assert strip_local_paths(kept) == kept
+    cut = {"a": "/home/me/My Models/x.pth", "b": "~/w.pth", "c": "made from /tmp/a.pth and D:\\w\\b.pth, then tuned",
+           "d": "\\\\server\\share\\m.pth", "e": '["/work/data", {"k": "/root/v.pth"}]'}
+    assert strip_local_paths(cut) == {"a": "x.pth", "b": "w.pth", "c": "made from a.pth and b.pth, then tuned",
+                                      "d": "m.pth", "e": '["data", {"k": "v.pth"}]'}

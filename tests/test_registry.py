@@ -12,6 +12,7 @@ import torch
 from huggingface_hub import errors as hf_errors
 
 from esrgan_cli.errors import ChecksumError, ModelNotFoundError
+from esrgan_cli.model import hub as hub_module
 from esrgan_cli.model.arch import RRDBConfig
 from esrgan_cli.model.hub import HubFile
 from esrgan_cli.model.registry import load_registry, parse_hf_spec, resolve_model, weights_dir
@@ -37,6 +38,7 @@ def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
         return str(files[key])
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    monkeypatch.setattr(hub_module, "hub_unreachable", lambda endpoint: None)  # the fake Hub always answers
     return files, calls
 
 
@@ -166,6 +168,7 @@ def test_hub_client_warnings_are_quiet_during_download_and_restored(
         raise hf_errors.LocalEntryNotFoundError("cannot reach the Hub")
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", retrying_download)
+    monkeypatch.setattr(hub_module, "hub_unreachable", lambda endpoint: None)
     before = hf_logging.get_verbosity()
     with pytest.raises(ModelNotFoundError):
         resolve_model("tiny", load_registry(make_registry(tmp_path, pth)))
@@ -301,3 +304,21 @@ def test_models_list_shows_the_real_esrgan_entries_with_their_license(tmp_path: 
     header = result.stdout.splitlines()[0]
     for line in result.stdout.splitlines()[1:-1]:  # the columns line up, however long the name
         assert line.index(" x") + 1 == header.index("scale") + 3, line
+
+
+@pytest.mark.parametrize("extra", [[], ["--json"]])
+def test_models_list_imports_no_torch(extra: list[str]) -> None:
+    """Listing the registry needs no torch (it took 2-4 s to import; the list now answers in a tenth of that):
+    `python -X importtime` names every module the command imported."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    r = subprocess.run([sys.executable, "-X", "importtime", "-m", "esrgan_cli", "models", "list", *extra],
+                       capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "compact-real-x4" in r.stdout
+    imported = {line.rsplit("|", 1)[1].strip() for line in r.stderr.splitlines() if line.startswith("import time:")}
+    assert "esrgan_cli.model.registry" in imported  # the list did read the registry
+    assert not {m for m in imported if m.split(".")[0] in ("torch", "safetensors")}

@@ -14,7 +14,7 @@ import click
 
 from esrgan_cli import __version__
 from esrgan_cli.cli import evaluate, models, train, upscale
-from esrgan_cli.cli.common import SETTINGS, say
+from esrgan_cli.cli.common import SETTINGS, announce_download, say
 from esrgan_cli.errors import EsrganError
 from esrgan_cli.image.capture import keep_python_stderr, restore_python_stderr
 
@@ -54,8 +54,11 @@ def main() -> None:
 
 
 def _main() -> None:
+    from esrgan_cli.model.hub import on_download
+
     try:
-        cli.main(prog_name="esrgan", standalone_mode=False)
+        with on_download(announce_download):
+            cli.main(prog_name="esrgan", standalone_mode=False)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
     except click.ClickException as e:

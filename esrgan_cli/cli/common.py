@@ -13,6 +13,7 @@ import click
 from esrgan_cli.defaults import MIN_TILE
 
 if TYPE_CHECKING:
+    from esrgan_cli.model.hub import Download
     from esrgan_cli.upscale.device import Precision
     from esrgan_cli.upscale.pipeline import UpscaleOptions
 
@@ -29,6 +30,13 @@ SETTINGS = Settings()
 
 def say(message: str) -> None:
     click.echo(f"esrgan: {message}", err=True)
+
+
+def announce_download(event: Download) -> None:
+    """Said before the network is touched, so a slow or failing download is never a silent wait."""
+    size = event.file.size
+    mb = "" if size is None else f" ({size / 1e6:.1f} MB)"
+    say(f"{event.label}: downloading {event.file.where()}{mb} from {event.endpoint}")
 
 
 def debug_traceback(e: BaseException | None) -> None:

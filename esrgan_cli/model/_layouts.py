@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from esrgan_cli.errors import WeightsError
-from esrgan_cli.model.arch import MAX_UPSAMPLE_STAGES, RRDBConfig
+from esrgan_cli.model.config import MAX_UPSAMPLE_STAGES, RRDBConfig
 
 StateDict = dict[str, torch.Tensor]
 

@@ -1,5 +1,8 @@
 """Model names → weight files: the registry in `weights/`, bundled files (checked against their pinned sha256
 before use; they need no network), and `--model` values of every kind. Downloads are `hub.py`'s.
+
+Reading the registry imports no torch (`esrgan models list` answers at once): weights are loaded only in
+`load_named`.
 """
 
 from __future__ import annotations
@@ -9,11 +12,15 @@ import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from esrgan_cli.errors import ChecksumError, ModelNotFoundError
-from esrgan_cli.model.arch import RRDBConfig
-from esrgan_cli.model.hub import HubFile, converted_path, fetch
-from esrgan_cli.model.weights import LoadedWeights, load_weights, sha256_of
+from esrgan_cli.files import sha256_of
+from esrgan_cli.model.config import RRDBConfig
+from esrgan_cli.model.hub import HubFile, fetch, is_local
+
+if TYPE_CHECKING:
+    from esrgan_cli.model.weights import LoadedWeights
 
 
 @dataclass(frozen=True)
@@ -54,14 +61,20 @@ class ResolvedModel:
 
 
 def weights_dir() -> Path:
-    """The `weights/` folder: inside the installed package, or at the root of a source checkout."""
+    """The `weights/` folder next to this code: `esrgan_cli/bundled` in an installed wheel, `weights/` at the root
+    of a source checkout. Only then the import system, for installs that are not plain files: asking it first
+    found an editable install's folder (another checkout) before the checkout this code runs from."""
+    package = Path(__file__).resolve().parents[1]  # esrgan_cli/model/registry.py → esrgan_cli
+    for folder in (package / "bundled", package.parent / "weights"):
+        if (folder / "registry.json").is_file():
+            return folder
     try:
         installed = Path(str(resources.files("esrgan_cli.bundled")))
         if (installed / "registry.json").is_file():
             return installed
     except ModuleNotFoundError:
         pass
-    return Path(__file__).resolve().parents[2] / "weights"  # esrgan_cli/model/registry.py → the checkout
+    return package.parent / "weights"
 
 
 def load_registry(path: Path | None = None) -> Registry:
@@ -110,6 +123,8 @@ def resolve_model(spec: str, registry: Registry | None = None) -> ResolvedModel:
 
 def load_named(spec: str | None, registry: Registry | None = None) -> LoadedWeights:
     """The weights a `--model` value names (None: the registry's default), downloaded and converted as needed."""
+    from esrgan_cli.model.weights import load_weights
+
     registry = registry or load_registry()
     return load_weights(resolve_model(spec if spec is not None else registry.default, registry).path)
 
@@ -127,11 +142,4 @@ def bundled_path(bundled: BundledFile, label: str) -> Path:
 
 def is_cached(source: HubFile | BundledFile) -> bool:
     """True when the model can be used offline: bundled, converted by us, or in the Hugging Face cache."""
-    if isinstance(source, BundledFile):
-        return True
-    if source.sha256 and converted_path(source.sha256).is_file():
-        return True
-    import huggingface_hub
-
-    found = huggingface_hub.try_to_load_from_cache(source.repo, source.filename, revision=source.revision)
-    return isinstance(found, str) and Path(found).is_file()
+    return isinstance(source, BundledFile) or is_local(source)

@@ -156,13 +156,59 @@ def build_model(weights: LoadedWeights) -> RRDBNet:
     return model.eval()
 
 
+# An absolute path inside a longer text: POSIX or home-relative, a drive letter, or a UNC share. Not a relative
+# path (`p4/model.safetensors`), a URL's `//` or a ratio such as `0.6/1.1`: the character before it is no word's.
+_EMBEDDED_PATH = re.compile(r"(?<![\w./:~\\-])(?:~?/|[A-Za-z]:[\\/]|\\\\)(?=[^\s/\\])[^\s\"'<>|,;]*")
+_WHOLE_PATH = re.compile(r"(?:~?/|[A-Za-z]:[\\/]|\\\\)[^/\\]")
+
+
+def _file_name(path: str) -> str:
+    return re.split(r"[\\/]", path.rstrip("/\\"))[-1]
+
+
+def _strip_text(text: str) -> str:
+    if _WHOLE_PATH.match(text):
+        return _file_name(text)  # the whole value is one path, spaces and all
+    return _EMBEDDED_PATH.sub(lambda m: _file_name(m.group()), text)
+
+
+def _strip_json(value: object) -> object:
+    if isinstance(value, str):
+        return _strip_text(value)
+    if isinstance(value, list):
+        return [_strip_json(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _strip_json(v) for k, v in value.items()}
+    return value
+
+
+def strip_local_paths(metadata: dict[str, str]) -> dict[str, str]:
+    """`metadata` with every absolute path cut to its file name, in plain values and inside JSON ones (a training
+    config names its data folder, its VGG file and its init checkpoint): weights are shared, and the folders of the
+    machine they were made on are nobody else's business (issue 26, item 10). What is left (`data`,
+    `vgg19-….safetensors`) still says what was used. Relative paths, URLs and `hf:` locations are kept."""
+    cleaned = {}
+    for key, value in metadata.items():
+        if value[:1] in ("{", "["):
+            try:
+                parsed = json.loads(value)
+            except ValueError:
+                parsed = None
+            if parsed is not None:
+                stripped = _strip_json(parsed)
+                cleaned[key] = value if stripped == parsed else json.dumps(stripped)
+                continue
+        cleaned[key] = _strip_text(value)
+    return cleaned
+
+
 def save_safetensors(
     sd: StateDict, config: RRDBConfig, path: Path, extra_metadata: dict[str, str] | None = None,
     dtype: torch.dtype | None = None,
 ) -> None:
-    """Write canonical weights with the architecture in the metadata, atomically."""
+    """Write canonical weights with the architecture in the metadata (absolute paths stripped), atomically."""
     path = Path(path)
-    meta = {META_ARCH: "RRDBNet", META_CONFIG: config.to_json(), **(extra_metadata or {})}
+    meta = strip_local_paths({META_ARCH: "RRDBNet", META_CONFIG: config.to_json(), **(extra_metadata or {})})
     tensors = {k: (v.to(dtype) if dtype else v).contiguous() for k, v in sd.items()}
     with atomic_write(path) as tmp:
         save_file(tensors, str(tmp), metadata=meta)
