@@ -106,6 +106,31 @@ class LossWindow:
         return dict(zip(self.keys, (total / (self.count * ctx.world)).tolist(), strict=True))
 
 
+class LatestLoss:
+    """The loss of the latest iteration that can be read without waiting for the device, for a progress display that
+    updates every iteration. On the CPU that is the iteration just done. On CUDA each loss is copied to the host
+    asynchronously and read once the copy is seen done, a few iterations late, so the device is never waited for;
+    on other devices there is none between log lines."""
+
+    def __init__(self) -> None:
+        self._pending: tuple[torch.Tensor, torch.cuda.Event] | None = None
+        self.value: float | None = None
+
+    def push(self, loss: torch.Tensor) -> float | None:
+        if loss.device.type == "cpu":
+            self.value = float(loss)
+        elif loss.device.type == "cuda":
+            if self._pending is not None and self._pending[1].query():
+                self.value = float(self._pending[0])
+                self._pending = None
+            if self._pending is None:
+                host = loss.to("cpu", non_blocking=True)  # into pinned memory, queued behind the step
+                done = torch.cuda.Event()
+                done.record()
+                self._pending = (host, done)
+        return self.value
+
+
 class Trainer:
     """Trains what it is given; constructing one reads and writes nothing (see `build_trainer`)."""
 
@@ -299,9 +324,14 @@ class Trainer:
         c = self.config
         self.begin()
         window = LossWindow(self.iteration)
+        latest = LatestLoss()
         for lr_img, hr_img in self._loader():
-            window.add(self.step(lr_img, hr_img))
+            terms = self.step(lr_img, hr_img)
+            window.add(terms)
             it = self.iteration
+            if self._report is not None:
+                loss = latest.push(terms["loss"])
+                self._emit(Report("tick", it, {} if loss is None else {"loss": loss}))
             stop = should_stop() and it < c.iters
             log_now = it % c.log_every == 0 or it == c.iters
             val_now = bool(self.data.val_pairs) and (it % c.val_every == 0 or it == c.iters)

@@ -10,7 +10,10 @@ from typing import Literal
 import torch
 import torch.distributed as dist
 
-ReportKind = Literal["step", "val", "save", "warn"]
+# setup: a step of building the run, as it starts (message); tick: an iteration done, with the loss of the latest
+# iteration that could be read without waiting for the device (values["loss"], absent when none could);
+# step: the mean loss terms of the last --log-every iterations; val, save, warn: as they say.
+ReportKind = Literal["setup", "tick", "step", "val", "save", "warn"]
 
 
 @dataclass(frozen=True)
