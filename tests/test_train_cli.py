@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -253,3 +255,21 @@ def test_every_option_of_every_command_has_a_description() -> None:
     bare = [f"{path} {'/'.join(p.opts)}" for path, command in commands for p in command.params
             if isinstance(p, click.Option) and not (p.help or "").strip()]
     assert not bare, bare
+
+
+def test_the_readmes_first_training_run_works_as_written(tmp_path: Path) -> None:
+    """The README's tiny CPU run, command by command as written (`esrgan` being `python -m esrgan_cli`), from a
+    folder laid out as the checkout is (examples/), so nothing lands in the checkout itself."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    match = re.search(r"<!-- train-command -->\n```\n(.*?)```", text, re.S)
+    assert match, "no block after <!-- train-command --> in README.md"
+    shutil.copytree(ROOT / "examples", tmp_path / "examples")
+    commands = [shlex.split(line) for line in match.group(1).splitlines() if line.strip()]
+    assert [c[:2] for c in commands] == [["esrgan", "train"], ["esrgan", "upscale"]]
+    for command in commands:
+        r = subprocess.run([sys.executable, "-m", "esrgan_cli", *command[1:]], cwd=tmp_path, capture_output=True,
+                           text=True, timeout=WAIT_S, env={**os.environ, "HF_HUB_OFFLINE": "1",
+                                                           "PYTHONPATH": str(ROOT)})
+        assert r.returncode == 0, r.stderr
+    assert (tmp_path / "runs" / "tiny" / "model_200.safetensors").exists()
+    assert (tmp_path / "cottage_tiny.png").stat().st_size > 0
