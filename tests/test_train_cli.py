@@ -271,5 +271,5 @@ def test_the_readmes_first_training_run_works_as_written(tmp_path: Path) -> None
                            text=True, timeout=WAIT_S, env={**os.environ, "HF_HUB_OFFLINE": "1",
                                                            "PYTHONPATH": str(ROOT)})
         assert r.returncode == 0, r.stderr
-    assert (tmp_path / "runs" / "tiny" / "model_200.safetensors").exists()
+    assert (tmp_path / "runs" / "tiny" / "model_40.safetensors").exists()
     assert (tmp_path / "cottage_tiny.png").stat().st_size > 0
