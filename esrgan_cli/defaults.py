@@ -32,3 +32,8 @@ FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".ti
 # `--format` names → the extension a batch writes: one name for each format in FORMATS, so `--format` takes every
 # format `-o FILE` does.
 FORMAT_SUFFIXES = {"png": ".png", "jpg": ".jpg", "webp": ".webp", "tiff": ".tiff", "gif": ".gif", "bmp": ".bmp"}
+
+# A training run's resume state and configuration in its run folder (training/state.py): named here so that the
+# command line can check a --resume before it loads torch.
+TRAIN_STATE_FILE = "state.pt"
+TRAIN_CONFIG_FILE = "config.json"

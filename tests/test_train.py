@@ -53,6 +53,18 @@ def images(tmp_path: Path) -> Path:
     return _write_images(tmp_path / "data", 6)
 
 
+def assert_error_after_setup(proc: subprocess.CompletedProcess, code: int, *fragments: str) -> None:
+    """A failure met while a run sets up: the lines naming the setup steps begun (each ending in "…"), then one
+    error line."""
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == code, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert lines[-1].startswith("esrgan: error: "), proc.stderr
+    assert all(line.startswith("esrgan: ") and line.endswith("…") for line in lines[:-1]), proc.stderr
+    for fragment in fragments:
+        assert fragment in lines[-1], proc.stderr
+
+
 def _config(data: Path, **kw: object) -> TrainConfig:
     base: dict[str, object] = dict(stage="psnr", data=str(data), iters=20, model=TINY, batch_size=4, patch_size=32,
                                    lr=1e-3, val_every=10, save_every=10, log_every=5, seed=3)
@@ -353,8 +365,8 @@ def test_cli_train_then_upscale_with_the_checkpoint(tmp_path: Path, images: Path
 def test_cli_train_errors_are_one_line(tmp_path: Path, images: Path) -> None:
     assert_one_line_error(esrgan("train", "--stage", "psnr", "--out", tmp_path / "none", "--resume"), 1,
                           "nothing to resume")
-    assert_one_line_error(esrgan("train", "--stage", "psnr", "--data", tmp_path / "missing", "--out",
-                                 tmp_path / "r"), 1, "not a folder")
+    assert_error_after_setup(esrgan("train", "--stage", "psnr", "--data", tmp_path / "missing", "--out",
+                                    tmp_path / "r"), 1, "not a folder")
     assert_one_line_error(esrgan("train", "--stage", "gan", "--data", images, "--out", tmp_path / "g"), 2,
                           "--init")
     assert_one_line_error(esrgan("train", "--stage", "psnr", "--data", images, "--out", tmp_path / "p",
@@ -370,11 +382,11 @@ def test_gan_stage_needs_real_vgg_weights_or_says_why(tmp_path: Path, images: Pa
               "--patch-size", "32", "--batch-size", "4")
     # Offline, with nothing given: the Hub download fails and nothing random is used silently.
     r = esrgan(*common, "--out", tmp_path / "g1", env={"HF_HUB_OFFLINE": "1"})
-    assert_one_line_error(r, 1, "VGG19", "timm/vgg19.tv_in1k")
+    assert_error_after_setup(r, 1, "VGG19", "timm/vgg19.tv_in1k")
     # The partial Caffe-BGR file has conv1_1..conv3_4: conv5_4 is refused, conv3_4 trains.
     vgg = shared / "vgg" / "vgg19-imagenet-conv1_1-conv3_4.caffe-bgr.safetensors"
-    assert_one_line_error(esrgan(*common, "--out", tmp_path / "g2", "--perceptual-weights", vgg), 1,
-                          "conv1_1..conv3_4 only")
+    assert_error_after_setup(esrgan(*common, "--out", tmp_path / "g2", "--perceptual-weights", vgg), 1,
+                             "conv1_1..conv3_4 only")
     r = esrgan(*common, "--out", tmp_path / "g3", "--perceptual-weights", vgg, "--perceptual-layer", "conv3_4",
                timeout=WAIT_S)
     assert r.returncode == 0, r.stderr

@@ -17,7 +17,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from test_cli import assert_one_line_error, esrgan
-from test_train import TINY_ARGS, _config, _write_images
+from test_train import TINY_ARGS, _config, _write_images, assert_error_after_setup
 
 from esrgan_cli.cli import train_real
 from esrgan_cli.degrade.degradation import DegradationConfig
@@ -211,8 +211,8 @@ def test_cli_checks_the_real_world_options(tmp_path: Path, images: Path, teacher
     assert_one_line_error(esrgan(*common, "--out", tmp_path / "a", "--teacher-weight", "0.5"), 2, "need a --teacher")
     assert_one_line_error(esrgan(*common, "--out", tmp_path / "a", "--teacher", teacher, "--sharpen-gt"), 2,
                           "--sharpen-gt")
-    assert_one_line_error(esrgan(*common, "--out", tmp_path / "a", "--teacher", tmp_path / "none.safetensors"), 1,
-                          "none.safetensors")
+    assert_error_after_setup(esrgan(*common, "--out", tmp_path / "a", "--teacher", tmp_path / "none.safetensors"),
+                             1, "none.safetensors")
     assert not (tmp_path / "a").exists()
 
 

@@ -26,7 +26,8 @@ if TYPE_CHECKING:
               help="Only for MODEL 'bicubic' [default: 4]; a model's own scale is used otherwise.")
 @click.option("--tile", type=click.IntRange(min=0), default=None,
               help="Tile size in input pixels; 0 runs each image whole [default: whole when it fits in memory].")
-@click.option("--device", type=DeviceParam(), default="auto", show_default=True)
+@click.option("--device", type=DeviceParam(), default="auto", show_default=True,
+              help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps.")
 @click.option("--perceptual-weights", default="auto", show_default=True, metavar="auto|hub|none|PATH",
               help="VGG19 weights for the perceptual distance, as `esrgan train` takes them: a local file, hub "
                    "(timm/vgg19.tv_in1k, downloaded once, 575 MB), none, or auto: the Hub copy if it is already "

@@ -18,8 +18,6 @@ if TYPE_CHECKING:
 # The choices of training.config's Degradation and Discriminator types (tests/test_train_real.py checks they agree).
 DEGRADATION_CHOICES = ("bicubic", "real")
 DISCRIMINATOR_CHOICES = ("vgg", "unet")
-# Options that change what a run computes: a resumed run must not be given them differently.
-FIXED_ON_RESUME = ("degradation", "sharpen_gt", "discriminator", "teacher", "teacher_weight", "levels_weight")
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -85,10 +83,9 @@ def read_settings(path: Path) -> DegradationConfig:
 
 
 def resumed_real_world(ctx: click.Context, stored: TrainConfig) -> TrainConfig:
-    """A resumed run keeps its degradation settings; only where the teacher's cache lives may change."""
+    """A resumed run keeps its degradation settings: a --degradation-config given again must hold the same ones."""
     given = ctx.params.get("degradation_config")
     if given is not None and read_settings(given) != stored.degradation_config:
         raise click.UsageError(f"--degradation-config {given} differs from the run's settings; a resumed run keeps "
                                "its settings (start a new --out to change them)")
-    cache = ctx.params.get("teacher_cache")
-    return stored.resumed_with(teacher_cache=str(cache)) if cache is not None else stored
+    return stored

@@ -7,7 +7,7 @@ of DataLoader workers or processes, and a resumed run needs only the iteration c
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,7 +35,9 @@ class Skipped:
 class ImageSet:
     """The usable HR images of a folder (recursive), as 8-bit RGB; decoded once, kept in memory up to a budget."""
 
-    def __init__(self, folder: Path, min_side: int, cache_bytes: int = DEFAULT_CACHE_BYTES) -> None:
+    def __init__(self, folder: Path, min_side: int, cache_bytes: int = DEFAULT_CACHE_BYTES,
+                 listed: Callable[[int], None] | None = None) -> None:
+        """`listed` hears how many image files were found, before any is decoded (decoding them takes a while)."""
         folder = Path(folder)
         if not folder.is_dir():
             raise TrainingDataError(f"{folder}: not a folder")
@@ -44,7 +46,10 @@ class ImageSet:
         self._cache: list[np.ndarray | None] = []
         self.skipped: list[Skipped] = []
         cached = 0
-        for path in image_files(folder):
+        files = image_files(folder)
+        if listed is not None:
+            listed(len(files))
+        for path in files:
             try:
                 image = self._decode(path)
             except ImageReadError as e:

@@ -37,7 +37,7 @@ from esrgan_cli.training._losses import (
 )
 from esrgan_cli.training._teacher import Teacher, make_target
 from esrgan_cli.training.config import TrainConfig
-from esrgan_cli.training.runtime import Distributed, Report, Reporter
+from esrgan_cli.training.runtime import Distributed, LatestLoss, Report, Reporter
 from esrgan_cli.training.state import STATE_FILE, TrainState, append_log, trim_log, write_config, write_state
 from esrgan_cli.upscale.device import Placement
 from esrgan_cli.upscale.upscaler import Upscaler
@@ -299,9 +299,14 @@ class Trainer:
         c = self.config
         self.begin()
         window = LossWindow(self.iteration)
+        latest = LatestLoss()
         for lr_img, hr_img in self._loader():
-            window.add(self.step(lr_img, hr_img))
+            terms = self.step(lr_img, hr_img)
+            window.add(terms)
             it = self.iteration
+            if self._report is not None:
+                loss = latest.push(terms["loss"])
+                self._emit(Report("tick", it, {} if loss is None else {"loss": loss}))
             stop = should_stop() and it < c.iters
             log_now = it % c.log_every == 0 or it == c.iters
             val_now = bool(self.data.val_pairs) and (it % c.val_every == 0 or it == c.iters)

@@ -41,16 +41,27 @@ def build_trainer(config: TrainConfig, run_dir: Path, device: torch.device, *, r
         if report is not None and dist.main:
             report(Report("warn", 0, message=message))
 
-    images = ImageSet(Path(c.data), c.patch_size)
+    def setup(message: str) -> None:  # a step that may take a while, said as it starts
+        if report is not None and dist.main:
+            report(Report("setup", 0, message=message))
+
+    def listed(n: int) -> None:
+        setup(f"reading {n} training image{'s' if n != 1 else ''} in {c.data}…")
+
+    images = ImageSet(Path(c.data), c.patch_size, listed=listed)
     for skipped in images.skipped:
         warn(f"skipped {skipped.path}: {skipped.reason}")
     val_pairs = pair_images(Path(c.val), None, c.model.scale) if c.val else []
     teacher = None
     if c.teacher:
+        setup(f"loading the teacher {c.teacher}…")
         teacher, c = _teacher(c, images, device)
 
     # The order of what draws from torch's global RNG is part of a run's definition (seeded runs repeat exactly).
     torch.manual_seed(c.seed)
+    m = c.model
+    setup(f"building the model ({m.num_block} block{'s' if m.num_block != 1 else ''}, {m.num_feat} features, "
+          f"growth {m.num_grow}, x{m.scale}{', from ' + c.init if c.init else ''})…")
     generator = RRDBNet(c.model)
     if c.init:  # the GAN stage always; the PSNR stage when fine-tuning a model (e.g. onto new degradations)
         generator.load_state_dict(_init_weights(Path(c.init), c))
@@ -61,6 +72,7 @@ def build_trainer(config: TrainConfig, run_dir: Path, device: torch.device, *, r
     g_opt = torch.optim.Adam(generator.parameters(), lr=c.lr, betas=c.betas)
     gan = None
     if c.stage == "gan":
+        setup(f"loading VGG19 for the perceptual loss ({_vgg_source(c.perceptual_weights)})…")
         vgg = _perceptual_net(c, warn).to(device)
         distance = UnitFeatures(vgg, distance_layers(c.perceptual_layer)) if c.perceptual_loss == "distance" else None
         adversary = None
@@ -77,6 +89,7 @@ def build_trainer(config: TrainConfig, run_dir: Path, device: torch.device, *, r
     trainer = Trainer(c, run_dir, device, Networks(generator, ema, g_opt, scaler, gan, teacher),
                       TrainData(images, val_pairs), dist=dist, report=report)
     if resume:
+        setup(f"reading the resume state {Path(run_dir) / STATE_FILE}…")
         trainer.restore(read_state(Path(run_dir) / STATE_FILE))
     return trainer
 
@@ -102,6 +115,14 @@ def _init_weights(path: Path, config: TrainConfig) -> dict[str, torch.Tensor]:
     if weights.config != config.model:
         raise TrainError(f"{path}: its architecture ({weights.config}) is not the run's ({config.model})")
     return weights.state_dict
+
+
+def _vgg_source(weights: str) -> str:
+    if weights == "hub":
+        from esrgan_cli.model.vgg import VGG19_HUB
+
+        return f"the Hub's {VGG19_HUB.repo}"
+    return "random weights" if weights == "random" else weights
 
 
 def _perceptual_net(c: TrainConfig, warn: Callable[[str], None]) -> VGGFeatures:

@@ -39,9 +39,10 @@ DEFAULT_LR = {"psnr": 2e-4, "gan": 1e-4}
 # over the first tenth of the run (at most this many iterations) keeps it.
 WARMUP_CAP = 1000
 
-# Fields that may differ when a run is resumed: they change how long and how visibly it runs, not what it computes
-# (the teacher's cached targets are the very values it would compute again).
-RESUMABLE_FIELDS = ("iters", "val_every", "save_every", "log_every", "workers", "teacher_cache")
+# Fields that may differ when a run is resumed: they change how long, how visibly and where it runs, and what it
+# measures, not what it computes (the teacher's cached targets are the very values it would compute again; the
+# validation images are only scored). Every other field is the run's definition and stays as it started.
+RESUMABLE_FIELDS = ("iters", "val", "val_every", "save_every", "log_every", "workers", "device", "teacher_cache")
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,7 @@ class TrainConfig:
     seed: int = 0
     workers: int = 0
     precision: Precision = "fp32"
+    device: str = "auto"  # as given (auto, cpu, cuda, cuda:N, mps): a resumed run keeps it unless given another
     # GAN stage
     init: str | None = None
     perceptual_weights: str = "hub"

@@ -10,7 +10,10 @@ from typing import Literal
 import torch
 import torch.distributed as dist
 
-ReportKind = Literal["step", "val", "save", "warn"]
+# setup: a step of building the run, as it starts (message); tick: an iteration done, with the loss of the latest
+# iteration that could be read without waiting for the device (values["loss"], absent when none could);
+# step: the mean loss terms of the last --log-every iterations; val, save, warn: as they say.
+ReportKind = Literal["setup", "tick", "step", "val", "save", "warn"]
 
 
 @dataclass(frozen=True)
@@ -24,6 +27,31 @@ class Report:
 
 
 Reporter = Callable[[Report], None]
+
+
+class LatestLoss:
+    """The loss of the latest iteration that can be read without waiting for the device, for a progress display that
+    updates every iteration. On the CPU that is the iteration just done. On CUDA each loss is copied to the host
+    asynchronously and read once the copy is seen done, a few iterations late, so the device is never waited for;
+    on other devices there is none between log lines."""
+
+    def __init__(self) -> None:
+        self._pending: tuple[torch.Tensor, torch.cuda.Event] | None = None
+        self.value: float | None = None
+
+    def push(self, loss: torch.Tensor) -> float | None:
+        if loss.device.type == "cpu":
+            self.value = float(loss)
+        elif loss.device.type == "cuda":
+            if self._pending is not None and self._pending[1].query():
+                self.value = float(self._pending[0])
+                self._pending = None
+            if self._pending is None:
+                host = loss.to("cpu", non_blocking=True)  # into pinned memory, queued behind the step
+                done = torch.cuda.Event()
+                done.record()
+                self._pending = (host, done)
+        return self.value
 
 
 @dataclass(frozen=True)

@@ -8,12 +8,13 @@ from typing import Any, TypedDict, cast
 
 import torch
 
+from esrgan_cli.defaults import TRAIN_CONFIG_FILE, TRAIN_STATE_FILE
 from esrgan_cli.errors import TrainError
 from esrgan_cli.files import atomic_write
 from esrgan_cli.training.config import TrainConfig
 
-STATE_FILE = "state.pt"
-CONFIG_FILE = "config.json"
+STATE_FILE = TRAIN_STATE_FILE
+CONFIG_FILE = TRAIN_CONFIG_FILE
 LOG_FILE = "log.jsonl"
 
 
