@@ -242,27 +242,30 @@ def test_links_extensions_and_ignored_files_as_a_user_meets_them(tiny_weights: P
     src = tmp_path / "in"
     save_png(src / "a.png")
     Image.fromarray((random_image(8, 8, 1)[..., 0] * 255).astype(np.uint8)).save(src / "gray.pgm")
+    save_png(src / "gray.png")  # a PNG beside the PGM, as a texture folder holds tex.dds beside tex.png
     (src / "notes.txt").write_text("not an image")
     (src / "loop.png").symlink_to("loop.png")
     (src / "gone.png").symlink_to("deleted.png")  # relative, as `ln -s` makes them: said as the link says it
     report = tmp_path / "report.json"
     proc = esrgan("upscale", src, "-o", tmp_path / "out", "--model", tiny_weights, "--report", report)
     assert proc.returncode == 1, proc.stderr
-    assert "done 2, skipped 0, failed 2" in proc.stderr
+    assert "done 3, skipped 0, failed 2" in proc.stderr
     failed = sorted(line for line in proc.stderr.splitlines() if line.startswith("esrgan: failed:"))
     assert len(failed) == 2
     assert f"{src / 'gone.png'}: a broken symlink (its target deleted.png does not exist)" in failed[0]
     assert f"{src / 'loop.png'}: a symlink loop" in failed[1]
     assert "1 file in the input folders not read (-v names them)" in proc.stderr and "notes.txt" not in proc.stderr
     data = json.loads(report.read_text())
-    assert sorted(Path(d["input"]).name for d in data["done"]) == ["a.png", "gray.pgm"]
-    assert Image.open(tmp_path / "out" / "gray.png").size == (32, 32)  # esrgan writes no PGM: PNG keeps it all
+    assert sorted(Path(d["input"]).name for d in data["done"]) == ["a.png", "gray.pgm", "gray.png"]
+    # esrgan writes no PGM: PNG keeps it all, named after the input's whole name so that it meets no gray.png
+    assert Image.open(tmp_path / "out" / "gray.pgm.png").size == (32, 32)
+    assert Image.open(tmp_path / "out" / "gray.png").size == tuple(4 * n for n in Image.open(src / "gray.png").size)
     assert sorted(Path(d["input"]).name for d in data["failed"]) == ["gone.png", "loop.png"]
     assert data["ignored"] == [{"input": str(src / "notes.txt"), "reason": "not an image extension"}]
 
     verbose = esrgan("upscale", src, "-o", tmp_path / "out", "--model", tiny_weights, "-v")
     assert f"esrgan:   not read: {src / 'notes.txt'} (not an image extension)" in verbose.stderr.splitlines()
-    assert f"esrgan: 2 already done (journal in {tmp_path / 'out'}), 1 file in the input folders not read:" in (
+    assert f"esrgan: 3 already done (journal in {tmp_path / 'out'}), 1 file in the input folders not read:" in (
         verbose.stderr.splitlines())
 
     alone = esrgan("upscale", src / "loop.png", "-o", tmp_path / "loop_x4.png", "--model", tiny_weights)

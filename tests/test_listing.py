@@ -79,7 +79,8 @@ def reference_collect(inputs: list[str], outdir: Path, recursive: bool = False, 
             if real in seen:
                 continue
             seen.add(real)
-        ext = FORMAT_SUFFIXES[fmt] if fmt else rel.suffix.lower() if rel.suffix.lower() in FORMATS else ".png"
+        ext = FORMAT_SUFFIXES[fmt] if fmt else rel.suffix.lower() if rel.suffix.lower() in FORMATS else (
+            f"{rel.suffix.lower()}.png")
         key = (rel.parent / f"{rel.stem}{suffix}{ext}").as_posix()
         if key.lower() in claimed:
             raise BatchError(f"{claimed[key.lower()]} and {src} would both write {outdir / key}; "

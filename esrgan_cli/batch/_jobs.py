@@ -38,10 +38,12 @@ def _suffix(name: str) -> str:
 
 
 def _kept(ext: str) -> str:
-    """The output extension for an input's: its own where esrgan writes that format (.pgm, .psd, .dds are read
-    but not written), else PNG, which holds everything they can (16 bits, alpha)."""
+    """The output extension for an input's: its own where esrgan writes that format, else PNG, which holds
+    everything the others can (16 bits, alpha), after the input's own (`tex.dds` -> `tex.dds.png`). .pgm, .psd and
+    .dds are read but not written, and a folder often holds `tex.dds` beside `tex.png`: both become outputs, and
+    no second run of the same folder names them differently."""
     ext = ext.lower()
-    return ext if ext in FORMATS else ".png"
+    return ext if ext in FORMATS else f"{ext}.png"
 
 
 class JobList(Sequence["Job"]):
