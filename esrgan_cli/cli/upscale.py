@@ -61,7 +61,8 @@ def register(group: click.Group) -> None:
               show_default=True, help="Refuse outputs larger than this (0: no limit).")
 @click.option("-r", "--recursive", is_flag=True, help="Batch: walk subfolders and mirror the tree under the output.")
 @click.option("--format", "out_format", type=click.Choice(list(FORMAT_SUFFIXES)), default=None,
-              help="Batch: output format (default: keep each input's where esrgan writes it, else png after the input's name: tex.dds -> tex.dds.png).")
+              help="Batch: output format (default: keep each input's where esrgan writes it, "
+                   "else png after the input's name: tex.dds -> tex.dds.png).")
 @click.option("--suffix", default="", metavar="TEXT", help="Batch: added to each output's name, e.g. _x4.")
 @click.option("--overwrite", is_flag=True, help="Batch: redo outputs that the journal says are done.")
 @click.option("--report", type=click.Path(path_type=Path, dir_okay=False), default=None,
