@@ -4,6 +4,7 @@
     upscaler = esrgan_cli.load_model()            # the bundled default; or a name, a file, hf:OWNER/REPO/FILE
     big = upscaler.upscale(image)                 # PIL.Image or numpy array in, the same kind out
     esrgan_cli.upscale_files(["photos/"], "big/") # a whole batch, as `esrgan upscale photos/ -o big/` runs it
+    esrgan_cli.upscale_video("clip.mp4", "clip_x4.mp4", upscaler)  # a video (the `video` extra, PyAV)
 
 Importing the package is cheap: torch, numpy and Pillow load on first use of what needs them.
 """
@@ -34,6 +35,8 @@ if TYPE_CHECKING:
     from esrgan_cli.model.weights import LoadedWeights
     from esrgan_cli.upscale.pipeline import UpscaleOptions
     from esrgan_cli.upscale.upscaler import Upscaler
+    from esrgan_cli.video.codecs import VideoEncoding
+    from esrgan_cli.video.pipeline import VideoProgress, VideoResult, upscale_video
 
 __version__ = "0.1.0"
 
@@ -55,11 +58,15 @@ __all__ = [
     "OutputWriteError",
     "UpscaleOptions",
     "Upscaler",
+    "VideoEncoding",
+    "VideoProgress",
+    "VideoResult",
     "WeightsError",
     "__version__",
     "available_models",
     "load_model",
     "upscale_files",
+    "upscale_video",
 ]
 
 # Names resolved on first access (PEP 562), so `import esrgan_cli` does not import torch.
@@ -75,6 +82,10 @@ _LAZY = {
     "BatchSummary": "esrgan_cli.batch.report",
     "ClusterOptions": "esrgan_cli.batch.cluster.protocol",
     "UpscaleOptions": "esrgan_cli.upscale.pipeline",
+    "upscale_video": "esrgan_cli.video.pipeline",
+    "VideoProgress": "esrgan_cli.video.pipeline",
+    "VideoResult": "esrgan_cli.video.pipeline",
+    "VideoEncoding": "esrgan_cli.video.codecs",
 }
 
 

@@ -37,3 +37,12 @@ FORMAT_SUFFIXES = {"png": ".png", "jpg": ".jpg", "webp": ".webp", "tiff": ".tiff
 # command line can check a --resume before it loads torch.
 TRAIN_STATE_FILE = "state.pt"
 TRAIN_CONFIG_FILE = "config.json"
+
+# Video (the `video` extra, PyAV). Outputs: the container follows -o's extension. Inputs: these and whatever else
+# FFmpeg reads, named on the command line (a folder walk takes only these).
+VIDEO_OUTPUT_SUFFIXES = (".mp4", ".mkv", ".webm", ".mov")
+VIDEO_SUFFIXES = frozenset(VIDEO_OUTPUT_SUFFIXES + (".m4v", ".avi", ".ts", ".mts", ".m2ts", ".flv", ".wmv", ".mpg",
+                                                   ".mpeg", ".ogv", ".3gp", ".y4m", ".nut"))
+# --codec names; which of them the installed PyAV encodes is asked only when a video is written (or --help shown).
+VIDEO_CODECS = ("h264", "hevc", "vp9", "av1", "ffv1")
+VIDEO_INSTALL_HINT = 'pip install ".[video]"'  # esrgan is installed from its checkout, not from an index

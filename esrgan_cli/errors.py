@@ -73,6 +73,18 @@ class TrainingDataError(EsrganError):
     """The training folder holds no usable image."""
 
 
+class VideoReadError(ImageReadError):
+    """A video input is unreadable: no video stream, truncated, an unknown codec, not a video at all."""
+
+
+class VideoEncodeError(OutputWriteError):
+    """The video output cannot be written as asked: a codec the container or this PyAV lacks, a bad --pix-fmt."""
+
+
+class VideoMissingError(EsrganError):
+    """A video input or output without the optional `video` extra (PyAV) installed."""
+
+
 
 def first_line(e: BaseException, limit: int = 200) -> str:
     """An exception's message cut to one line, for error messages that must stay on one line."""

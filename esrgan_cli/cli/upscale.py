@@ -9,12 +9,14 @@ from typing import TYPE_CHECKING, cast
 import click
 
 from esrgan_cli.cli.common import SETTINGS, DeviceParam, ProgressBar, Run, TileParam, notes_line, say
+from esrgan_cli.cli.video import check_pairing, upscale_one_video, video_options
 from esrgan_cli.defaults import (
     DEFAULT_MAX_OUTPUT_PIXELS,
     DEFAULT_OVERLAP,
     DEFAULT_QUALITY,
     FORMAT_SUFFIXES,
     FORMATS,
+    VIDEO_OUTPUT_SUFFIXES,
 )
 from esrgan_cli.errors import EsrganError, naming
 
@@ -32,8 +34,8 @@ def register(group: click.Group) -> None:
 @click.command()
 @click.argument("paths", metavar="PATH...", nargs=-1, required=True)
 @click.option("-o", "--output", "output_path", required=True, type=click.Path(path_type=Path),
-              help="Output file (its extension picks the format: png, jpg, webp, tiff, bmp, gif), or the output folder "
-                   "when there are several inputs, a folder, or a glob.")
+              help="Output file (its extension picks the format: png, jpg, webp, tiff, bmp, gif; for a video mp4, mkv, "
+                   "webm, mov), or the output folder when there are several inputs, a folder, or a glob.")
 @click.option("-m", "--model", default=None, metavar="M",
               help="Registry name, local .safetensors/.pth/.pt/.ckpt file, or hf:OWNER/REPO/FILE[@REV]. "
                    "Default: the registry's default model.")
@@ -74,6 +76,7 @@ def register(group: click.Group) -> None:
 @click.option("--workers", type=click.IntRange(min=1), default=None, metavar="N",
               help="Batch: model replicas. With --ray: one GPU each where the cluster has GPUs (default: one per GPU, "
                    "else one per node). Without --ray: one process per GPU of this machine.")
+@video_options
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary; errors still go to stderr.")
 @click.option("-v", "--verbose", is_flag=True,
               help="Batch: name each file of the input folders that is not read (no image extension Pillow reads, "
@@ -82,10 +85,14 @@ def upscale(
     paths: tuple[str, ...], output_path: Path, model: str | None, tile: int | None, overlap: int, device: str,
     precision: str, outscale: float | None, quality: int, alpha_mode: str, alpha_loss: str, tta: bool,
     first_frame: bool, max_output_pixels: int, recursive: bool, out_format: str | None, suffix: str,
-    overwrite: bool, report: Path | None, ray_address: str | None, workers: int | None, quiet: bool,
-    verbose: bool,
+    overwrite: bool, report: Path | None, ray_address: str | None, workers: int | None, codec: str | None,
+    crf: int | None, preset: str | None, pix_fmt: str | None, quiet: bool, verbose: bool,
 ) -> None:
-    """Upscale images: one file into -o FILE, or many into the folder -o OUTDIR.
+    """Upscale images and videos: one file into -o FILE, or many into the folder -o OUTDIR.
+
+    A video (mp4, mkv, webm, mov, ...) becomes a video of the kind -o's extension names, with its timing, audio,
+    subtitles and metadata kept; --codec, --crf, --preset and --pix-fmt choose the encoding. Video needs the
+    `video` extra (PyAV).
 
     Batch runs keep a journal in OUTDIR: a rerun skips outputs that are done and
     still valid (same input, model and options), so an interrupted batch resumes.
@@ -100,9 +107,11 @@ def upscale(
       esrgan upscale scans/ -o big/ --recursive --format png --report report.json
       esrgan upscale 'shots/*.jpg' extra.png -o out/ --suffix _x4
       esrgan upscale archive/ -o big/ -r --ray HEAD:6379 --workers 8
+      esrgan upscale clip.mp4 -o clip_x4.mp4 --crf 20
     """
     from esrgan_cli.batch.plan import BatchOptions
     from esrgan_cli.upscale.pipeline import UpscaleOptions
+    from esrgan_cli.video.codecs import VideoEncoding
 
     options = UpscaleOptions(tile=tile, overlap=overlap, outscale=outscale, alpha=cast("AlphaMode", alpha_mode),
                              alpha_loss=cast("AlphaLoss", alpha_loss),
@@ -113,7 +122,11 @@ def upscale(
     if single:
         if ray_address is not None or workers is not None:
             raise click.UsageError("--ray and --workers are for batches: several inputs, a folder or a glob")
-        _upscale_one(Path(paths[0]), output_path, run)
+        encoding = VideoEncoding(codec=codec, crf=crf, preset=preset, pix_fmt=pix_fmt)
+        if check_pairing(Path(paths[0]), output_path, encoding):
+            upscale_one_video(Path(paths[0]), output_path, run, encoding, load_upscaler)
+        else:
+            _upscale_one(Path(paths[0]), output_path, run)
     else:
         from esrgan_cli.cli.batch import upscale_many
 
@@ -161,10 +174,10 @@ def _is_single(paths: tuple[str, ...], output: Path, quiet: bool) -> bool:
             f"with several inputs, a folder or a glob, -o names an output folder, not a file like {output.name!r}",
             param_hint="'-o'",
         )
-    if output.suffix.lower() not in FORMATS:
+    if output.suffix.lower() not in FORMATS and output.suffix.lower() not in VIDEO_OUTPUT_SUFFIXES:
         raise click.BadParameter(
             f"unknown extension {output.suffix!r} (use {', '.join(s[1:] for s in FORMATS)}, "
-            "or a folder)",
+            f"for a video {', '.join(s[1:] for s in VIDEO_OUTPUT_SUFFIXES)}, or a folder)",
             param_hint="'-o'",
         )
     return True

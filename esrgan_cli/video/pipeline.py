@@ -1,0 +1,341 @@
+"""`upscale_video`: a video file through the model into another, frames streaming decode → model → encode through
+bounded queues (memory stays flat however long the film), each frame keeping its own timestamp.
+
+The picture is encoded into a temporary video-only file beside the output; the output is then muxed from it and the
+source's other streams (see `_mux.py`) into a second temporary file, renamed into place when complete. No printing:
+progress and notes go to the caller.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from PIL import Image
+
+from esrgan_cli.errors import EsrganError, VideoEncodeError, VideoReadError, first_line
+from esrgan_cli.files import atomic_write, check_output, write_failure
+from esrgan_cli.upscale.pipeline import UpscaleOptions, final_size
+from esrgan_cli.video._frames import from_rgb, to_rgb
+from esrgan_cli.video._mux import mux
+from esrgan_cli.video.codecs import EncoderPlan, VideoEncoding, import_av, plan_encoding, stream_settings
+from esrgan_cli.video.probe import VideoInfo, probe
+
+if TYPE_CHECKING:
+    from esrgan_cli.upscale.engine import Engine
+
+QUEUE_FRAMES = 4  # frames waiting on each side of the model: enough to keep decode and encode busy
+
+
+@dataclass(frozen=True)
+class VideoProgress:
+    """Where an upscale stands, after each frame."""
+
+    frames: int  # frames written so far
+    total: int | None  # frames in the film, when the container says
+    position: float  # seconds into the film of the last frame
+    duration: float | None  # the film's length in seconds, when known
+    seconds: float  # wall time since the start
+
+
+@dataclass
+class VideoResult:
+    frames: int
+    held: int  # damaged frames replaced by the previous good one
+    width: int
+    height: int
+    codec: str
+    encoder: str
+    pix_fmt: str
+    seconds: float
+    model_seconds: float  # wall time in the model (the rest is decoding, encoding and muxing)
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Frame:
+    pts: int
+    rgb: np.ndarray
+    held: bool = False
+
+
+_END = object()
+
+
+def upscale_video(
+    src: str | os.PathLike[str], dst: str | os.PathLike[str], upscaler: Engine, *,
+    options: UpscaleOptions | None = None, encoding: VideoEncoding | None = None,
+    progress: Callable[[VideoProgress], None] | None = None,
+) -> VideoResult:
+    """Upscale the video `src` into `dst` (the container follows its extension: mp4, mkv, webm, mov).
+
+    `options` mean what they mean for images (tile, overlap, outscale, tta; alpha and frame options do not apply);
+    `encoding` picks codec, CRF, preset and pixel format (`VideoEncoding()`: h264 CRF 18 yuv420p, vp9 for webm).
+    Audio, subtitles, metadata, chapters, rotation and colour description are kept (see README, "Video"). A file
+    that is not a readable video raises VideoReadError; an encoding the container or PyAV cannot write raises
+    VideoEncodeError, both before any work. `dst` appears complete or not at all."""
+    start = time.perf_counter()
+    src, dst = Path(src), Path(dst)
+    options = options or UpscaleOptions()
+    info = probe(src)
+    check_output(src, dst)
+    plan = plan_encoding(dst, encoding or VideoEncoding(), info.bits)
+    notes = list(plan.notes)
+    size = _output_size(info, upscaler.scale, options, plan, notes)
+    if info.colour.guessed:
+        notes.append(f"the source leaves its colours undescribed: {info.colour.guessed} assumed, as players do, and "
+                     "written into the output so that it shows the same")
+    folder = dst.parent
+    fd, picture_name = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=f".video{dst.suffix}", dir=folder or ".")
+    os.close(fd)
+    picture = Path(picture_name)
+    try:
+        counts = _encode_picture(src, picture, info, upscaler, options, plan, size, progress, start)
+        if counts.held:
+            notes.append(f"{counts.held} damaged frame{'s' if counts.held > 1 else ''} replaced by the frame before, "
+                         "each at its own time")
+        with atomic_write(dst) as tmp:
+            try:
+                mux(src, picture, tmp, info, plan.format, notes, dst.suffix.lower())
+            except OSError as e:
+                raise write_failure(dst, e) from None
+    finally:
+        picture.unlink(missing_ok=True)
+    return VideoResult(counts.frames, counts.held, size[0], size[1], plan.codec, plan.encoder, plan.pix_fmt,
+                       time.perf_counter() - start, counts.model_seconds, notes)
+
+
+def _output_size(info: VideoInfo, scale: int, options: UpscaleOptions, plan: EncoderPlan,
+                 notes: list[str]) -> tuple[int, int]:
+    """(width, height) written: the image rule, then rounded to the pixel format's chroma grid (even for 4:2:0)."""
+    av = import_av()
+    width, height = final_size(info.width, info.height, scale, options.outscale)
+    # The smallest plane of a 64×64 frame tells the chroma subsampling: 32×32 for 4:2:0, so steps of 2×2.
+    planes = av.VideoFormat(plan.pix_fmt, 64, 64).components
+    step_w = 64 // max(1, min(int(c.width) for c in planes))
+    step_h = 64 // max(1, min(int(c.height) for c in planes))
+    even = (max(step_w, width - width % step_w), max(step_h, height - height % step_h))
+    if even != (width, height):
+        notes.append(f"{plan.pix_fmt} needs sizes in steps of {step_w}×{step_h}: the frames are resized to "
+                     f"{even[0]}×{even[1]} instead of {width}×{height}")
+    if options.max_output_pixels and even[0] * even[1] > options.max_output_pixels:
+        raise VideoReadError(f"{info.path}: frames of {even[0]}×{even[1]} are over the limit of "
+                             f"{options.max_output_pixels:,} pixels; raise it with --max-output-pixels")
+    return even
+
+
+@dataclass
+class _Counts:
+    frames: int = 0
+    held: int = 0
+    model_seconds: float = 0.0
+
+
+class _Stage(threading.Thread):
+    """A thread that runs `work` and keeps its exception for the main thread."""
+
+    def __init__(self, name: str, work: Callable[[], None]) -> None:
+        super().__init__(name=name, daemon=True)
+        self.work = work
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self.work()
+        except BaseException as e:  # handed to the main thread, which raises it
+            self.error = e
+
+
+def _put(q: queue.Queue[Any], item: object, stop: threading.Event) -> bool:
+    """Put without blocking forever: False once `stop` is set (the other side has gone)."""
+    while not stop.is_set():
+        try:
+            q.put(item, timeout=0.1)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
+def _get(q: queue.Queue[Any], stop: threading.Event, producer: _Stage | None) -> Any:
+    """The next item, or _END once `stop` is set or the `producer` thread (None: the main thread) has ended."""
+    while True:
+        try:
+            return q.get(timeout=0.1)
+        except queue.Empty:
+            if stop.is_set() or (producer is not None and not producer.is_alive()):
+                # The producer ended without its end marker: it failed (its error is raised by the caller).
+                try:
+                    return q.get_nowait()
+                except queue.Empty:
+                    return _END
+
+
+def _encode_picture(
+    src: Path, picture: Path, info: VideoInfo, upscaler: Engine, options: UpscaleOptions, plan: EncoderPlan,
+    size: tuple[int, int], progress: Callable[[VideoProgress], None] | None, start: float,
+) -> _Counts:
+    """Decode (thread) → model (this thread) → encode (thread) into the video-only file `picture`."""
+    av = import_av()
+    stop = threading.Event()
+    decoded: queue.Queue[Any] = queue.Queue(QUEUE_FRAMES)
+    upscaled: queue.Queue[Any] = queue.Queue(QUEUE_FRAMES)
+    counts = _Counts()
+
+    def decode() -> None:
+        with av.open(str(src)) as container:
+            for frame in _frames(av, container, info, counts):
+                if not _put(decoded, frame, stop):
+                    return
+        _put(decoded, _END, stop)
+
+    encoded_frames = [0]
+
+    def encode() -> None:
+        with av.open(str(picture), "w", format=plan.format) as out:
+            stream = out.add_stream(plan.encoder, rate=info.rate or 25)
+            stream.width, stream.height = size
+            stream.time_base = info.time_base
+            ctx = stream.codec_context
+            ctx.time_base = info.time_base
+            stream_settings(stream, plan)
+            colour = info.colour
+            ctx.color_primaries, ctx.color_trc = colour.primaries, colour.transfer
+            ctx.colorspace, ctx.color_range = colour.matrix, colour.range
+            while True:
+                item = _get(upscaled, stop, None)
+                if item is _END:
+                    break
+                frame = from_rgb(av, item.rgb, plan.pix_fmt, colour)
+                frame.pts = item.pts
+                frame.time_base = info.time_base
+                for packet in stream.encode(frame):
+                    out.mux(packet)
+                encoded_frames[0] += 1
+            if stop.is_set():
+                return
+            for packet in stream.encode(None):
+                out.mux(packet)
+
+    decoder = _Stage("esrgan-decode", decode)
+    encoder = _Stage("esrgan-encode", encode)
+    decoder.start()
+    encoder.start()
+    try:
+        while True:
+            item = _get(decoded, stop, decoder)
+            if item is _END:
+                break
+            t0 = time.perf_counter()
+            rgb = _upscale_frame(item.rgb, upscaler, options, size)
+            counts.model_seconds += time.perf_counter() - t0
+            if not _put(upscaled, _Frame(item.pts, rgb, item.held), stop):
+                break
+            counts.frames += 1
+            if progress:
+                progress(VideoProgress(counts.frames, info.frames, float(item.pts * info.time_base), info.duration,
+                                       time.perf_counter() - start))
+        if decoder.error is None:
+            _put(upscaled, _END, stop)
+        else:
+            stop.set()
+    except BaseException:
+        stop.set()
+        raise
+    finally:
+        decoder.join()
+        encoder.join()
+    for stage in (decoder, encoder):
+        if stage.error is not None:
+            raise _one_line(stage.error, src if stage is decoder else picture)
+    if counts.frames == 0:
+        raise VideoReadError(f"{src}: no frame of its video stream decodes")
+    return counts
+
+
+def _one_line(e: BaseException, path: Path) -> BaseException:
+    if isinstance(e, EsrganError):
+        return e
+    av = import_av()
+    if isinstance(e, av.FFmpegError):
+        return VideoEncodeError(f"{path}: {first_line(e)}") if path.name.startswith(".") else \
+            VideoReadError(f"{path}: {first_line(e)}")
+    if isinstance(e, OSError):
+        return write_failure(path, e)
+    return e
+
+
+def _frames(av: Any, container: Any, info: VideoInfo, counts: _Counts) -> Iterator[_Frame]:
+    """Every frame of the video stream as RGB with its own pts, in presentation order. A packet that does not
+    decode, or a frame the decoder marks corrupt, is replaced by the last good frame at its own timestamp."""
+    stream = container.streams[info.stream_index]
+    stream.thread_type = "AUTO"
+    bits = 8 if info.bits <= 8 else 16
+    last: np.ndarray | None = None
+    last_pts: int | None = None
+    missing: list[int] = []  # timestamps of damaged frames, held until the next good frame's place is known
+
+    def held_before(pts: int | None) -> Iterator[_Frame]:
+        nonlocal last_pts
+        while missing and last is not None and (pts is None or missing[0] < pts):
+            t = missing.pop(0)
+            if last_pts is None or t > last_pts:
+                counts.held += 1
+                last_pts = t
+                yield _Frame(t, last, held=True)
+
+    def decoded(packet: Any) -> list[Any]:
+        try:
+            return list(packet.decode())
+        except av.error.InvalidDataError:
+            if packet.pts is not None:
+                missing.append(int(packet.pts))
+                missing.sort()
+            return []
+
+    for packet in container.demux(stream):
+        for frame in decoded(packet):
+            pts = frame.pts
+            if pts is None:
+                pts = (last_pts + 1) if last_pts is not None else 0
+            if frame.is_corrupt and last is not None:
+                missing.append(int(pts))
+                missing.sort()
+                continue
+            yield from held_before(pts)
+            if last_pts is not None and pts <= last_pts:
+                continue  # a repeated timestamp cannot be encoded; the frame before stands for it
+            last = to_rgb(frame, info.colour, bits)
+            last_pts = int(pts)
+            yield _Frame(int(pts), last)
+    yield from held_before(None)
+
+
+def _upscale_frame(rgb: np.ndarray, upscaler: Engine, options: UpscaleOptions, size: tuple[int, int]) -> np.ndarray:
+    """One RGB frame through the model, as images go (tile, overlap, tta), resized to `size` if that differs."""
+    s = upscaler.scale
+    image = rgb.astype(np.float32) / np.iinfo(rgb.dtype).max
+    canvas = np.empty((rgb.shape[0] * s, rgb.shape[1] * s, upscaler.channels), rgb.dtype)
+    upscaler.upscale_into(image, canvas, options.tile, options.overlap, tta=options.tta)
+    out = canvas[..., :3]
+    if (out.shape[1], out.shape[0]) != size:
+        out = _resize(out, size)
+    return np.ascontiguousarray(out)
+
+
+def _resize(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Lanczos to (width, height), as --outscale resizes images."""
+    if rgb.dtype == np.uint8:
+        return np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.LANCZOS))
+    planes = [np.asarray(Image.fromarray(rgb[..., c].astype(np.float32), mode="F").resize(
+        size, Image.Resampling.LANCZOS)) for c in range(3)]
+    return np.clip(np.rint(np.stack(planes, axis=2)), 0, 65535).astype(np.uint16)
+
