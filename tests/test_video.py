@@ -5,17 +5,19 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 pytest.importorskip("av")
 
 import av  # noqa: E402
 from test_cli import assert_one_line_error, esrgan  # noqa: E402
-from video_clips import frame_times, make_clip, packets, rgb_frames  # noqa: E402
+from video_clips import frame_times, make_clip, packets, rgb_frames, with_damaged_packet  # noqa: E402
 
 import esrgan_cli  # noqa: E402
 from esrgan_cli.errors import VideoEncodeError, VideoReadError  # noqa: E402
@@ -27,8 +29,15 @@ from conftest import ROOT  # noqa: E402
 
 
 @pytest.fixture
-def upscaler(tiny_weights: Path) -> Upscaler:
-    return esrgan_cli.load_model(tiny_weights, device="cpu")
+def upscaler(tiny_weights: Path) -> Iterator[Upscaler]:
+    # One torch thread: the tiny model's frames are too small to share, and on a busy 2-core machine two threads
+    # waiting on each other beside the decoder and encoder made each frame 8x slower (97 ms against 12 ms).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield esrgan_cli.load_model(tiny_weights, device="cpu")
+    finally:
+        torch.set_num_threads(threads)
 
 
 def leftovers(folder: Path) -> list[str]:
@@ -217,3 +226,52 @@ def test_import_and_help_load_neither_pyav_nor_torch() -> None:
     assert proc.returncode == 0, proc.stderr
     helped = esrgan("upscale", "--help")
     assert "--codec [h264|hevc|vp9|av1|ffv1]" in helped.stdout and "this PyAV writes h264" in helped.stdout
+
+
+def test_a_damaged_frame_is_held_at_its_own_timestamp(tmp_path: Path, upscaler: Upscaler) -> None:
+    # Motion JPEG: every packet is a picture of its own, and one that is not JPEG fails to decode (H.264 would
+    # conceal the damage instead of reporting it).
+    clean = make_clip(tmp_path / "clean.mkv", codec="mjpeg", pix_fmt="yuvj420p", audio=False, frames=8)
+    src = with_damaged_packet(clean, tmp_path / "damaged.mkv", 3)
+    dst = tmp_path / "out.mkv"
+    result = esrgan_cli.upscale_video(src, dst, upscaler, encoding=VideoEncoding(codec="ffv1"))
+    assert result.held == 1 and result.frames == 8
+    assert any("1 damaged frame replaced by the frame before" in n for n in result.notes), result.notes
+    assert frame_times(dst) == frame_times(clean) == [Fraction(40 * i, 1000) for i in range(8)]
+    out = rgb_frames(dst)  # ffv1 is lossless: the held frame is the one before, exactly
+    assert np.array_equal(out[3], out[2]) and not np.array_equal(out[4], out[3])
+
+
+def test_progress_gives_the_time_position_when_the_count_is_unknown(tmp_path: Path, upscaler: Upscaler) -> None:
+    src = make_clip(tmp_path / "clip.mkv", frames=5, audio=False)  # Matroska does not store a frame count
+    seen: list[esrgan_cli.VideoProgress] = []
+    esrgan_cli.upscale_video(src, tmp_path / "out.mkv", upscaler, progress=seen.append)
+    assert [p.frames for p in seen] == [1, 2, 3, 4, 5] and {p.total for p in seen} == {None}
+    assert [p.position for p in seen] == [0.0, 0.04, 0.08, 0.12, 0.16]
+    assert seen[-1].duration == pytest.approx(0.2, abs=0.05) and seen[-1].seconds > 0
+
+
+_PEAK_RSS = """
+import sys
+import torch
+import esrgan_cli
+torch.set_num_threads(1)
+up = esrgan_cli.load_model(sys.argv[1], device="cpu")
+esrgan_cli.upscale_video(sys.argv[2], sys.argv[3], up, options=esrgan_cli.UpscaleOptions(tile=0))
+# VmHWM, not getrusage's ru_maxrss: Linux carries the parent's peak (pytest's) into a child's ru_maxrss across exec.
+print(next(line.split()[1] for line in open("/proc/self/status") if line.startswith("VmHWM:")))
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads the peak RSS from Linux's /proc")
+def test_memory_stays_flat_over_the_length_of_the_film(tmp_path: Path, tiny_weights: Path) -> None:
+    """Peak RSS for 1000 frames within 10 % of 100 frames: frames stream through bounded queues."""
+    peaks = {}
+    for frames in (100, 1000):
+        src = make_clip(tmp_path / f"long{frames}.mp4", frames=frames, width=24, height=16)
+        proc = subprocess.run([sys.executable, "-c", _PEAK_RSS, str(tiny_weights), str(src),
+                               str(tmp_path / f"out{frames}.mp4")], capture_output=True, text=True, cwd=ROOT)
+        assert proc.returncode == 0, proc.stderr
+        peaks[frames] = int(proc.stdout.split()[-1])
+        assert len(frame_times(tmp_path / f"out{frames}.mp4")) == frames
+    assert peaks[1000] <= peaks[100] * 1.10, peaks

@@ -102,3 +102,20 @@ def packets(path: Path, kind: str) -> list[bytes]:
         if not streams:
             return []
         return [bytes(p) for p in c.demux(streams[0]) if p.size]
+
+
+def with_damaged_packet(src: Path, dst: Path, index: int) -> Path:
+    """`src`'s video stream remuxed into `dst` with packet number `index` replaced by bytes no decoder reads (at
+    the same timestamps)."""
+    with av.open(str(src)) as inp, av.open(str(dst), "w") as out:
+        stream = inp.streams.video[0]
+        copy = out.add_stream_from_template(stream)
+        for n, packet in enumerate(p for p in inp.demux(stream) if p.dts is not None or p.pts is not None):
+            if n == index:
+                junk = av.Packet(b"\x00not a picture" * 16)
+                junk.pts, junk.dts, junk.duration = packet.pts, packet.dts, packet.duration
+                junk.time_base = packet.time_base
+                packet = junk
+            packet.stream = copy
+            out.mux(packet)
+    return dst
