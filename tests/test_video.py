@@ -275,3 +275,94 @@ def test_memory_stays_flat_over_the_length_of_the_film(tmp_path: Path, tiny_weig
         peaks[frames] = int(proc.stdout.split()[-1])
         assert len(frame_times(tmp_path / f"out{frames}.mp4")) == frames
     assert peaks[1000] <= peaks[100] * 1.10, peaks
+
+
+def _decoded(path: Path) -> tuple[list[Fraction], list[np.ndarray], list[bytes]]:
+    return frame_times(path), rgb_frames(path), packets(path, "audio")
+
+
+def test_segments_join_into_the_same_film_in_every_container(tmp_path: Path, upscaler: Upscaler) -> None:
+    stamps = [0, 71, 129, 179, 215, 253, 275, 299, 319, 349, 417, 475, 480, 600, 601, 700]
+    src = make_clip(tmp_path / "vfr.mkv", pts=stamps)
+    for suffix in (".mp4", ".mkv", ".mov"):
+        whole, split = tmp_path / f"whole{suffix}", tmp_path / f"split{suffix}"
+        esrgan_cli.upscale_video(src, whole, upscaler, segment_seconds=100)
+        esrgan_cli.upscale_video(src, split, upscaler, segment_seconds=0.1)  # a segment every few frames
+        assert frame_times(split) == [Fraction(t, 1000) for t in stamps]
+        assert packets(split, "audio") == packets(src, "audio")
+        # Another keyframe pattern costs a few levels at these tiny sizes; each frame is still its own picture.
+        wholes = [f.astype(np.float32) for f in rgb_frames(whole)]
+        for k, frame in enumerate(rgb_frames(split)):
+            distances = [float(np.abs(frame - w).mean()) for w in wholes]
+            assert int(np.argmin(distances)) == k and distances[k] < 6, (suffix, k, distances)
+    assert leftovers(tmp_path) == []
+
+
+def test_an_interrupted_call_resumes_after_its_last_segment(tmp_path: Path, upscaler: Upscaler) -> None:
+    src = make_clip(tmp_path / "clip.mp4", frames=30)
+    reference = tmp_path / "reference.mkv"
+    esrgan_cli.upscale_video(src, reference, upscaler, segment_seconds=0.2, encoding=VideoEncoding(codec="ffv1"))
+    dst = tmp_path / "out.mkv"
+
+    def stop_at_frame_17(p: esrgan_cli.VideoProgress) -> None:
+        if p.frames == 17:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        esrgan_cli.upscale_video(src, dst, upscaler, segment_seconds=0.2, progress=stop_at_frame_17,
+                                 encoding=VideoEncoding(codec="ffv1"))
+    assert not dst.exists()
+    state = tmp_path / ".out.mkv.esrgan-video"
+    assert (state / "journal.jsonl").is_file()
+    seen: list[esrgan_cli.VideoProgress] = []
+    result = esrgan_cli.upscale_video(src, dst, upscaler, segment_seconds=0.2, progress=seen.append,
+                                      encoding=VideoEncoding(codec="ffv1"))
+    kept = seen[0].frames - 1
+    assert kept in (5, 10, 15) and any(f"resumed after {kept} frames" in n for n in result.notes), result.notes
+    assert result.frames == 30
+    expected, got = _decoded(reference), _decoded(dst)
+    assert got[0] == expected[0] and got[2] == expected[2]
+    assert all(np.array_equal(a, b) for a, b in zip(got[1], expected[1], strict=True))  # ffv1: exact
+    assert leftovers(tmp_path) == []
+    # Another model's leftovers are not reused: a changed option starts afresh.
+    with pytest.raises(KeyboardInterrupt):
+        esrgan_cli.upscale_video(src, dst, upscaler, segment_seconds=0.2, progress=stop_at_frame_17)
+    result = esrgan_cli.upscale_video(src, dst, upscaler, segment_seconds=0.2, options=UpscaleOptions(overlap=8))
+    assert not any("resumed" in n for n in result.notes) and leftovers(tmp_path) == []
+
+
+def test_sigint_at_a_random_frame_then_the_same_command_equals_an_uninterrupted_run(tmp_path: Path,
+                                                                                    tiny_weights: Path) -> None:
+    import os
+    import random
+    import signal
+    import time
+
+    from conftest import default_sigint, wait_until
+
+    src = make_clip(tmp_path / "long.mp4", frames=300, width=24, height=16)  # 12 s: six 2-second segments
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    args = ["--model", str(tiny_weights), "--device", "cpu", "--codec", "ffv1", "-q"]
+    whole = tmp_path / "whole.mkv"
+    done = subprocess.run([sys.executable, "-m", "esrgan_cli", "upscale", str(src), "-o", str(whole), *args],
+                          capture_output=True, text=True, cwd=ROOT, env=env)
+    assert done.returncode == 0, done.stderr
+    dst = tmp_path / "out.mkv"
+    command = [sys.executable, "-m", "esrgan_cli", "upscale", str(src), "-o", str(dst), *args]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env,
+                            preexec_fn=default_sigint)
+    journal = tmp_path / ".out.mkv.esrgan-video" / "journal.jsonl"
+    wait_until(lambda: journal.is_file() and len(journal.read_text().splitlines()) >= 2, proc,
+               "the first segment to be journaled")
+    time.sleep(random.uniform(0, 0.8))  # somewhere in the next segment
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err
+    assert not dst.exists()
+    again = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=env)
+    assert again.returncode == 0, again.stderr
+    expected, got = _decoded(whole), _decoded(dst)
+    assert got[0] == expected[0] and len(got[0]) == 300 and got[2] == expected[2]
+    assert all(np.array_equal(a, b) for a, b in zip(got[1], expected[1], strict=True))
+    assert leftovers(tmp_path) == []

@@ -66,14 +66,14 @@ class _Reencoder:
             self.out.mux(p)
 
 
-def mux(src: Path, picture: Path, dst: Path, info: VideoInfo, fmt: str, notes: list[str], kind: str) -> None:
-    """Write `dst` (format `fmt`, `kind` its extension for notes): the video stream of `picture` in place of `src`'s,
-    and `src`'s other streams."""
+def mux(src: Path, pictures: list[Path], dst: Path, info: VideoInfo, fmt: str, notes: list[str], kind: str) -> None:
+    """Write `dst` (format `fmt`, `kind` its extension for notes): the video streams of the segment files `pictures`,
+    joined without re-encoding, in place of `src`'s, and `src`'s other streams."""
     av = import_av()
     # Timestamps are written as they are: the muxer's default shift of negative ones (AAC's priming packet at
     # -21 ms) would move the whole film by that much against its source.
     keep_time = {"avoid_negative_ts": "disabled"}
-    with av.open(str(src)) as inp, av.open(str(picture)) as pic, \
+    with av.open(str(src)) as inp, av.open(str(pictures[0])) as pic, \
             av.open(str(dst), "w", format=fmt, options=keep_time) as out:
         for key, value in _tags(inp.metadata).items():
             out.metadata[key] = value
@@ -117,11 +117,10 @@ def mux(src: Path, picture: Path, dst: Path, info: VideoInfo, fmt: str, notes: l
         except (AttributeError, av.FFmpegError, ValueError) as e:
             notes.append(f"chapters not kept ({e})")
         wanted = [inp.streams[i] for i in list(routes) + list(reencoders)]
-        for packet in _interleaved(pic.demux(vin), inp.demux(wanted) if wanted else iter(())):
-            if packet.dts is None and packet.pts is None:
-                continue  # the demuxer's end-of-stream marker
+        picture = _joined(av, pictures)
+        for side, packet in _interleaved(picture, inp.demux(wanted) if wanted else iter(())):
             index = packet.stream.index
-            if packet.stream.container is pic:
+            if side == 0:
                 packet.stream = vout
                 out.mux(packet)
             elif index in routes:
@@ -138,13 +137,32 @@ def _when(packet: Any) -> Fraction:
     return Fraction(t if t is not None else 0) * Fraction(packet.time_base)
 
 
-def _interleaved(a: Iterator[Any], b: Iterator[Any]) -> Iterator[Any]:
-    """Packets of two demuxers in one stream ordered by decode time, each side in its own order, so the muxer's
-    interleaving buffer stays small however long the film."""
+def _joined(av: Any, pictures: list[Path]) -> Iterator[Any]:
+    """The video packets of the segments, one after another. Each segment's encoder began afresh, so where its first
+    decode timestamps would not pass the previous segment's last one (B-frame delay against a long frame just
+    before), they are moved up to just after it; a timestamp is never moved past the packet's presentation time."""
+    last: int | None = None
+    for path in pictures:
+        with av.open(str(path)) as segment:
+            for packet in segment.demux(segment.streams.video[0]):
+                if packet.dts is None and packet.pts is None:
+                    continue  # the demuxer's end-of-stream marker
+                if last is not None and (packet.dts is None or packet.dts <= last):
+                    # Matroska stores no decode times: its demuxer leaves the first of each segment unknown, and
+                    # the muxer would take their presentation times, which run ahead of the next packets'.
+                    packet.dts = last + 1 if packet.pts is None else min(last + 1, packet.pts)
+                if packet.dts is not None:
+                    last = packet.dts
+                yield packet
+
+
+def _interleaved(a: Iterator[Any], b: Iterator[Any]) -> Iterator[tuple[int, Any]]:
+    """Packets of the picture (side 0) and the source's other streams (side 1) in one stream ordered by decode time,
+    each side in its own order, so the muxer's interleaving buffer stays small however long the film."""
     keyed_a = ((_when(p), 0, n, p) for n, p in enumerate(a))
-    keyed_b = ((_when(p), 1, n, p) for n, p in enumerate(b))
-    for _, _, _, packet in heapq.merge(keyed_a, keyed_b, key=lambda k: (k[0], k[1], k[2])):
-        yield packet
+    keyed_b = ((_when(p), 1, n, p) for n, p in enumerate(b) if p.dts is not None or p.pts is not None)
+    for _, side, _, packet in heapq.merge(keyed_a, keyed_b, key=lambda k: (k[0], k[1], k[2])):
+        yield side, packet
 
 
 def _codec_name(stream: Any) -> str:

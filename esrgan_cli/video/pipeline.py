@@ -10,22 +10,23 @@ from __future__ import annotations
 
 import os
 import queue
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
 
-from esrgan_cli.errors import EsrganError, VideoEncodeError, VideoReadError, first_line
-from esrgan_cli.files import atomic_write, check_output, write_failure
+from esrgan_cli.errors import DiskFullError, EsrganError, VideoEncodeError, VideoReadError, first_line
+from esrgan_cli.files import atomic_write, check_output, sha256_of, write_failure
 from esrgan_cli.upscale.pipeline import UpscaleOptions, final_size
 from esrgan_cli.video._frames import from_rgb, to_rgb
 from esrgan_cli.video._mux import mux
+from esrgan_cli.video._segments import Segment, SegmentJournal
 from esrgan_cli.video.codecs import EncoderPlan, VideoEncoding, import_av, plan_encoding, stream_settings
 from esrgan_cli.video.probe import VideoInfo, probe
 
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
     from esrgan_cli.upscale.engine import Engine
 
 QUEUE_FRAMES = 4  # frames waiting on each side of the model: enough to keep decode and encode busy
+SEGMENT_SECONDS = 2.0  # of film per closed segment: what an interruption can cost, and a keyframe at each start
 
 
 @dataclass(frozen=True)
@@ -64,7 +66,7 @@ class VideoResult:
 class _Frame:
     pts: int
     rgb: np.ndarray
-    held: bool = False
+    held: int = 0  # 1 for a damaged frame's stand-in
 
 
 _END = object()
@@ -73,7 +75,7 @@ _END = object()
 def upscale_video(
     src: str | os.PathLike[str], dst: str | os.PathLike[str], upscaler: Engine, *,
     options: UpscaleOptions | None = None, encoding: VideoEncoding | None = None,
-    progress: Callable[[VideoProgress], None] | None = None,
+    progress: Callable[[VideoProgress], None] | None = None, segment_seconds: float = SEGMENT_SECONDS,
 ) -> VideoResult:
     """Upscale the video `src` into `dst` (the container follows its extension: mp4, mkv, webm, mov).
 
@@ -81,7 +83,10 @@ def upscale_video(
     `encoding` picks codec, CRF, preset and pixel format (`VideoEncoding()`: h264 CRF 18 yuv420p, vp9 for webm).
     Audio, subtitles, metadata, chapters, rotation and colour description are kept (see README, "Video"). A file
     that is not a readable video raises VideoReadError; an encoding the container or PyAV cannot write raises
-    VideoEncodeError, both before any work. `dst` appears complete or not at all."""
+    VideoEncodeError, both before any work. `dst` appears complete or not at all.
+
+    Resume: the picture is encoded in closed segments of `segment_seconds`, journaled in a hidden folder beside
+    `dst`; after an interruption (KeyboardInterrupt) the same call goes on after the last journaled frame."""
     start = time.perf_counter()
     src, dst = Path(src), Path(dst)
     options = options or UpscaleOptions()
@@ -93,22 +98,28 @@ def upscale_video(
     if info.colour.guessed:
         notes.append(f"the source leaves its colours undescribed: {info.colour.guessed} assumed, as players do, and "
                      "written into the output so that it shows the same")
-    folder = dst.parent
-    fd, picture_name = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=f".video{dst.suffix}", dir=folder or ".")
-    os.close(fd)
-    picture = Path(picture_name)
+    journal = SegmentJournal(dst, _job_key(src, upscaler, options, plan, size, segment_seconds))
+    journal.open()
     try:
-        counts = _encode_picture(src, picture, info, upscaler, options, plan, size, progress, start)
+        counts = _encode_picture(src, journal, info, upscaler, options, plan, size, progress, start, segment_seconds,
+                                 dst.suffix)
+        if counts.resumed:
+            notes.append(f"resumed after {counts.resumed} frames ({len(journal.segments) - counts.new_segments} "
+                         "segments kept from the run before)")
         if counts.held:
             notes.append(f"{counts.held} damaged frame{'s' if counts.held > 1 else ''} replaced by the frame before, "
                          "each at its own time")
         with atomic_write(dst) as tmp:
             try:
-                mux(src, picture, tmp, info, plan.format, notes, dst.suffix.lower())
+                mux(src, journal.paths(), tmp, info, plan.format, notes, dst.suffix.lower())
             except OSError as e:
                 raise write_failure(dst, e) from None
-    finally:
-        picture.unlink(missing_ok=True)
+    except (KeyboardInterrupt, DiskFullError):
+        raise  # the journaled segments stay: the same call resumes after them
+    except BaseException:
+        journal.remove()
+        raise
+    journal.remove()
     return VideoResult(counts.frames, counts.held, size[0], size[1], plan.codec, plan.encoder, plan.pix_fmt,
                        time.perf_counter() - start, counts.model_seconds, notes)
 
@@ -137,6 +148,23 @@ class _Counts:
     frames: int = 0
     held: int = 0
     model_seconds: float = 0.0
+    resumed: int = 0  # frames in the segments a run before left
+    new_segments: int = 0
+
+
+def _job_key(src: Path, upscaler: Engine, options: UpscaleOptions, plan: EncoderPlan, size: tuple[int, int],
+             segment_seconds: float) -> dict[str, Any]:
+    """What must match for segments of an earlier run to be reused: the same input file, model, pixel options,
+    encoding and segment length."""
+    stat = os.stat(src)
+    weights = Path(upscaler.weights.path)
+    model = sha256_of(weights) if weights.is_file() else repr(upscaler.config)
+    return {"src": str(src.resolve()), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns, "model": model,
+            "options": {"tile": options.tile, "overlap": options.overlap, "outscale": options.outscale,
+                        "tta": options.tta},
+            "encoding": {"encoder": plan.encoder, "pix_fmt": plan.pix_fmt, "options": plan.options,
+                         "format": plan.format},
+            "size": list(size), "segment_seconds": segment_seconds}
 
 
 class _Stage(threading.Thread):
@@ -180,50 +208,81 @@ def _get(q: queue.Queue[Any], stop: threading.Event, producer: _Stage | None) ->
 
 
 def _encode_picture(
-    src: Path, picture: Path, info: VideoInfo, upscaler: Engine, options: UpscaleOptions, plan: EncoderPlan,
-    size: tuple[int, int], progress: Callable[[VideoProgress], None] | None, start: float,
+    src: Path, journal: SegmentJournal, info: VideoInfo, upscaler: Engine, options: UpscaleOptions,
+    plan: EncoderPlan, size: tuple[int, int], progress: Callable[[VideoProgress], None] | None, start: float,
+    segment_seconds: float, suffix: str,
 ) -> _Counts:
-    """Decode (thread) → model (this thread) → encode (thread) into the video-only file `picture`."""
+    """Decode (thread) → model (this thread) → encode (thread) into closed segments journaled in `journal`,
+    starting after what it already holds."""
     av = import_av()
     stop = threading.Event()
     decoded: queue.Queue[Any] = queue.Queue(QUEUE_FRAMES)
     upscaled: queue.Queue[Any] = queue.Queue(QUEUE_FRAMES)
-    counts = _Counts()
+    after = journal.resume_after
+    counts = _Counts(frames=sum(s.frames for s in journal.segments), held=sum(s.held for s in journal.segments))
+    counts.resumed = counts.frames
+    tb = info.time_base
+    span = Fraction(str(segment_seconds))  # 0.2 means a fifth of a second, not the float just above it
 
     def decode() -> None:
         with av.open(str(src)) as container:
-            for frame in _frames(av, container, info, counts):
+            for frame in _frames(av, container, info, after):
                 if not _put(decoded, frame, stop):
                     return
         _put(decoded, _END, stop)
 
-    encoded_frames = [0]
-
     def encode() -> None:
-        with av.open(str(picture), "w", format=plan.format) as out:
+        out: Any = None
+        stream: Any = None
+        first = last = frames = held = 0
+        name = ""
+
+        def open_segment(pts: int) -> None:
+            nonlocal out, stream, first, frames, held, name
+            name = journal.next_name(suffix)
+            out = av.open(str(journal.folder / name), "w", format=plan.format)
             stream = out.add_stream(plan.encoder, rate=info.rate or 25)
             stream.width, stream.height = size
-            stream.time_base = info.time_base
+            stream.time_base = tb
             ctx = stream.codec_context
-            ctx.time_base = info.time_base
+            ctx.time_base = tb
             stream_settings(stream, plan)
             colour = info.colour
             ctx.color_primaries, ctx.color_trc = colour.primaries, colour.transfer
             ctx.colorspace, ctx.color_range = colour.matrix, colour.range
+            first, frames, held = pts, 0, 0
+
+        def close_segment() -> None:
+            nonlocal out
+            for packet in stream.encode(None):
+                out.mux(packet)
+            out.close()
+            out = None
+            journal.record(Segment(name, first, last, frames, held))
+            counts.new_segments += 1
+
+        try:
             while True:
                 item = _get(upscaled, stop, None)
                 if item is _END:
                     break
-                frame = from_rgb(av, item.rgb, plan.pix_fmt, colour)
+                if out is not None and (item.pts - first) * tb >= span:
+                    close_segment()
+                if out is None:
+                    open_segment(item.pts)
+                frame = from_rgb(av, item.rgb, plan.pix_fmt, info.colour)
                 frame.pts = item.pts
-                frame.time_base = info.time_base
+                frame.time_base = tb
                 for packet in stream.encode(frame):
                     out.mux(packet)
-                encoded_frames[0] += 1
-            if stop.is_set():
-                return
-            for packet in stream.encode(None):
-                out.mux(packet)
+                last = item.pts
+                frames += 1
+                held += item.held
+            if out is not None and not stop.is_set():
+                close_segment()
+        finally:
+            if out is not None:
+                out.close()  # stopped: a segment left out of the journal, removed by the next run
 
     decoder = _Stage("esrgan-decode", decode)
     encoder = _Stage("esrgan-encode", encode)
@@ -240,8 +299,9 @@ def _encode_picture(
             if not _put(upscaled, _Frame(item.pts, rgb, item.held), stop):
                 break
             counts.frames += 1
+            counts.held += item.held
             if progress:
-                progress(VideoProgress(counts.frames, info.frames, float(item.pts * info.time_base), info.duration,
+                progress(VideoProgress(counts.frames, info.frames, float(item.pts * tb), info.duration,
                                        time.perf_counter() - start))
         if decoder.error is None:
             _put(upscaled, _END, stop)
@@ -255,7 +315,7 @@ def _encode_picture(
         encoder.join()
     for stage in (decoder, encoder):
         if stage.error is not None:
-            raise _one_line(stage.error, src if stage is decoder else picture)
+            raise _one_line(stage.error, src if stage is decoder else journal.folder)
     if counts.frames == 0:
         raise VideoReadError(f"{src}: no frame of its video stream decodes")
     return counts
@@ -273,9 +333,10 @@ def _one_line(e: BaseException, path: Path) -> BaseException:
     return e
 
 
-def _frames(av: Any, container: Any, info: VideoInfo, counts: _Counts) -> Iterator[_Frame]:
-    """Every frame of the video stream as RGB with its own pts, in presentation order. A packet that does not
-    decode, or a frame the decoder marks corrupt, is replaced by the last good frame at its own timestamp."""
+def _frames(av: Any, container: Any, info: VideoInfo, after: int | None) -> Iterator[_Frame]:
+    """Every frame of the video stream after pts `after` as RGB with its own pts, in presentation order. A packet
+    that does not decode, or a frame the decoder marks corrupt, is replaced by the last good frame at its own
+    timestamp."""
     stream = container.streams[info.stream_index]
     stream.thread_type = "AUTO"
     bits = 8 if info.bits <= 8 else 16
@@ -288,9 +349,9 @@ def _frames(av: Any, container: Any, info: VideoInfo, counts: _Counts) -> Iterat
         while missing and last is not None and (pts is None or missing[0] < pts):
             t = missing.pop(0)
             if last_pts is None or t > last_pts:
-                counts.held += 1
                 last_pts = t
-                yield _Frame(t, last, held=True)
+                if after is None or t > after:
+                    yield _Frame(t, last, held=1)
 
     def decoded(packet: Any) -> list[Any]:
         try:
@@ -313,9 +374,10 @@ def _frames(av: Any, container: Any, info: VideoInfo, counts: _Counts) -> Iterat
             yield from held_before(pts)
             if last_pts is not None and pts <= last_pts:
                 continue  # a repeated timestamp cannot be encoded; the frame before stands for it
-            last = to_rgb(frame, info.colour, bits)
+            last = to_rgb(frame, info.colour, bits)  # also before `after`: a damaged frame just after may hold it
             last_pts = int(pts)
-            yield _Frame(int(pts), last)
+            if after is None or pts > after:
+                yield _Frame(int(pts), last)
     yield from held_before(None)
 
 
