@@ -89,6 +89,7 @@ def evaluate(model: str, hr_dir: Path, lr_dir: Path | None, scale: int | None, t
         click.echo(json.dumps(data, indent=2))
     else:
         _print_footer(label, s, len(scores), mean, distance)
+        _print_artefacts(label, s, scores, mean)
     if note:  # after the figures, so that a failure on the way stays a one-line error
         say(f"note: no perceptual distance: {note}")
 
@@ -103,6 +104,29 @@ def _print_footer(label: str, s: int, n: int, mean: Summary, distance: Perceptua
         layers = ", ".join(relu_name(name) for name in distance.config.layers)
         click.echo(f"(perceptual distance: unit-normalised VGG19 {layers} features, LPIPS without learned weights, "
                    f"lower is better, not comparable with published LPIPS; weights {distance.source})")
+
+
+def _print_artefacts(label: str, s: int, scores: list[ImageScore], mean: Summary) -> None:
+    """The second table: grid share (model, bicubic, HR) and chroma error to HR (model, bicubic)."""
+    click.echo()
+    click.echo(f"{'artefacts':<20} {'grid %':>8} {'bicubic':>8} {'HR':>8}   {'chroma':>8} {'p99':>8}   "
+               f"{'bicubic':>8} {'p99':>8}")
+    rows: list[tuple[str, ImageScore | Summary]] = [(score.name, score) for score in scores]
+    for name, x in [*rows, ("mean", mean)]:
+        click.echo(f"{name:<20} {_percent(x.grid_share)} {_percent(x.grid_share_bicubic)} "
+                   f"{_percent(x.grid_share_hr)}   {_ab(x.chroma_rms)} {_ab(x.chroma_p99)}   "
+                   f"{_ab(x.chroma_rms_bicubic)} {_ab(x.chroma_p99_bicubic)}")
+    click.echo(f"({label} | bicubic | HR: grid share, the % of the luma's fine-detail energy at multiples of 1/{s} "
+               f"cycles per pixel, a pattern on the input pixel grid: compare with HR's. {label} | bicubic: chroma "
+               "error, the CIELAB a*b* distance to HR, RMS and 99th percentile; lower is better)")
+
+
+def _percent(v: float | None) -> str:
+    return f"{'':>8}" if v is None else f"{v * 100:>8.3f}"
+
+
+def _ab(v: float | None) -> str:
+    return f"{'':>8}" if v is None else f"{v:>8.2f}"
 
 
 def _degradation(name: str, settings: Path | None, seed: int, lr_dir: Path | None,
