@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import click
 
@@ -37,6 +37,10 @@ def register(group: click.Group) -> None:
 @click.option("-m", "--model", default=None, metavar="M",
               help="Registry name, local .safetensors/.pth/.pt/.ckpt file, or hf:OWNER/REPO/FILE[@REV]. "
                    "Default: the registry's default model.")
+@click.option("--strength", type=click.FloatRange(0, 1), default=None, metavar="S",
+              help="0..1: the model's weights interpolated with its faithful (PSNR-stage) twin's as it loads, "
+                   "S·model + (1-S)·twin: 1 is the model (crisp), 0 the twin (clean). Only for models with a twin "
+                   "(esrgan models list).")
 @click.option("--tile", type=TileParam(), default="auto", show_default=True,
               help="Tile size in input pixels for the memory-hungry upsampling; the trunk gets tiles as large as "
                    "the same memory allows (often the whole image: exact output). 0: whole image at once; auto: "
@@ -79,7 +83,8 @@ def register(group: click.Group) -> None:
               help="Batch: name each file of the input folders that is not read (no image extension Pillow reads, "
                    "a symlinked folder, a FIFO), and why.")
 def upscale(
-    paths: tuple[str, ...], output_path: Path, model: str | None, tile: int | None, overlap: int, device: str,
+    paths: tuple[str, ...], output_path: Path, model: str | None, strength: float | None, tile: int | None,
+    overlap: int, device: str,
     precision: str, outscale: float | None, quality: int, alpha_mode: str, alpha_loss: str, tta: bool,
     first_frame: bool, max_output_pixels: int, recursive: bool, out_format: str | None, suffix: str,
     overwrite: bool, report: Path | None, ray_address: str | None, workers: int | None, quiet: bool,
@@ -97,6 +102,7 @@ def upscale(
       esrgan upscale photo.jpg -o photo_x4.png
       esrgan upscale huge.png -o out.png --tile 256 --device cuda
       esrgan upscale logo.png -o logo_x2.webp --outscale 2 --quality 90
+      esrgan upscale photo.png -o out.png --model compact-x4 --strength 0.5
       esrgan upscale scans/ -o big/ --recursive --format png --report report.json
       esrgan upscale 'shots/*.jpg' extra.png -o out/ --suffix _x4
       esrgan upscale archive/ -o big/ -r --ray HEAD:6379 --workers 8
@@ -104,9 +110,11 @@ def upscale(
     from esrgan_cli.batch.plan import BatchOptions
     from esrgan_cli.upscale.pipeline import UpscaleOptions
 
+    if strength is not None:
+        _check_twin(model)
     options = UpscaleOptions(tile=tile, overlap=overlap, outscale=outscale, alpha=cast("AlphaMode", alpha_mode),
                              alpha_loss=cast("AlphaLoss", alpha_loss),
-                             max_output_pixels=max_output_pixels, tta=tta, first_frame=first_frame)
+                             max_output_pixels=max_output_pixels, tta=tta, first_frame=first_frame, strength=strength)
     single = _is_single(paths, output_path, quiet)
     run = Run(model=model, device=device, precision=cast("Precision", precision), options=options,
               quality=quality, quiet=quiet, verbose=verbose)
@@ -120,6 +128,23 @@ def upscale(
         batch = BatchOptions(recursive=recursive, format=out_format, suffix=suffix, overwrite=overwrite,
                              report=report, quality=quality, cluster=_cluster(ray_address, workers, device, quiet))
         upscale_many(paths, output_path, run, batch)
+
+
+def _check_twin(model: str | None) -> None:
+    """--strength needs a registry model with a faithful twin: a usage error before any input is read."""
+    from esrgan_cli.model.registry import load_registry, twin_of
+
+    registry = load_registry()
+    if twin_of(model, registry) is None:
+        raise _OneLineUsageError(
+            f"--strength needs a model with a faithful twin; {model or registry.default} has none")
+
+
+class _OneLineUsageError(click.UsageError):
+    """A usage error (exit 2) that is one line, `esrgan: error: ...`, without click's usage banner."""
+
+    def show(self, file: Any = None) -> None:
+        say(f"error: {self.format_message()}")
 
 
 def _cluster(address: str | None, workers: int | None, device: str, quiet: bool) -> ClusterOptions | None:
@@ -176,10 +201,11 @@ def load_upscaler(run: Run) -> tuple[Upscaler, str]:
     from esrgan_cli.model.registry import load_registry
 
     source = run.model or load_registry().default
-    upscaler = load_model(source, run.device, run.precision)
+    strength = run.options.strength
+    upscaler = load_model(source, run.device, run.precision, strength=strength)
     if upscaler.placement.note and not run.quiet:
         say(f"note: {upscaler.placement.note}")
-    return upscaler, source
+    return upscaler, source if strength is None else f"{source} at strength {strength:g}"
 
 
 def _upscale_one(input_path: Path, output_path: Path, run: Run) -> None:
