@@ -145,3 +145,16 @@ def test_models_list_and_info_show_the_twin(tmp_path: Path) -> None:
     info = esrgan("info", "compact-x4")
     assert info.returncode == 0 and "twin: compact-psnr-x4" in info.stdout
     assert json.loads(esrgan("info", "compact-real-x4", "--json").stdout)["twin"] is None
+
+
+def test_eval_scores_a_model_at_a_strength(tmp_path: Path) -> None:
+    (tmp_path / "hr").mkdir()
+    Image.fromarray((random_image(48, 40, seed=8) * 255).round().astype(np.uint8)).save(tmp_path / "hr" / "a.png")
+    base = ("--hr", tmp_path / "hr", "--perceptual-weights", "none", "--json", "--device", "cpu")
+    twin = json.loads(esrgan("eval", "compact-psnr-x4", *base).stdout)
+    at_zero = esrgan("eval", "compact-x4", "--strength", "0", *base)
+    assert at_zero.returncode == 0, at_zero.stderr
+    data = json.loads(at_zero.stdout)
+    assert data["model"] == "compact-x4 at strength 0" and data["images"] == twin["images"]
+    assert_one_line_error(esrgan("eval", "bicubic", "--strength", "0.5", *base), 2,
+                          "--strength needs a model with a faithful twin; bicubic has none")

@@ -4,11 +4,20 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, cast
 
 import click
 
-from esrgan_cli.cli.common import SETTINGS, DeviceParam, ProgressBar, Run, TileParam, notes_line, say
+from esrgan_cli.cli.common import (
+    SETTINGS,
+    DeviceParam,
+    ProgressBar,
+    Run,
+    TileParam,
+    check_twin,
+    notes_line,
+    say,
+)
 from esrgan_cli.defaults import (
     DEFAULT_MAX_OUTPUT_PIXELS,
     DEFAULT_OVERLAP,
@@ -111,7 +120,7 @@ def upscale(
     from esrgan_cli.upscale.pipeline import UpscaleOptions
 
     if strength is not None:
-        _check_twin(model)
+        check_twin(model)
     options = UpscaleOptions(tile=tile, overlap=overlap, outscale=outscale, alpha=cast("AlphaMode", alpha_mode),
                              alpha_loss=cast("AlphaLoss", alpha_loss),
                              max_output_pixels=max_output_pixels, tta=tta, first_frame=first_frame, strength=strength)
@@ -128,23 +137,6 @@ def upscale(
         batch = BatchOptions(recursive=recursive, format=out_format, suffix=suffix, overwrite=overwrite,
                              report=report, quality=quality, cluster=_cluster(ray_address, workers, device, quiet))
         upscale_many(paths, output_path, run, batch)
-
-
-def _check_twin(model: str | None) -> None:
-    """--strength needs a registry model with a faithful twin: a usage error before any input is read."""
-    from esrgan_cli.model.registry import load_registry, twin_of
-
-    registry = load_registry()
-    if twin_of(model, registry) is None:
-        raise _OneLineUsageError(
-            f"--strength needs a model with a faithful twin; {model or registry.default} has none")
-
-
-class _OneLineUsageError(click.UsageError):
-    """A usage error (exit 2) that is one line, `esrgan: error: ...`, without click's usage banner."""
-
-    def show(self, file: Any = None) -> None:
-        say(f"error: {self.format_message()}")
 
 
 def _cluster(address: str | None, workers: int | None, device: str, quiet: bool) -> ClusterOptions | None:
