@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from esrgan_cli.errors import WeightsError
+from esrgan_cli.errors import NoTwinError, WeightsError
 
 if TYPE_CHECKING:
     import torch
@@ -36,17 +36,21 @@ class ModelInfo:
     bundled: bool  # ships inside the package: works offline
     cached: bool  # usable offline now (bundled, or downloaded before)
     default: bool
+    twin: str | None = None  # its faithful (PSNR-stage) twin, which `strength` interpolates towards
 
 
 def load_model(
     spec: str | Path | LoadedWeights | Mapping[str, torch.Tensor] | None = None,
-    device: str = "auto", precision: Precision = "auto",
+    device: str = "auto", precision: Precision = "auto", strength: float | None = None,
 ) -> Upscaler:
     """An `Upscaler` for `spec`: a registry name (None: the default model), a weights file in any supported
     layout, `hf:OWNER/REPO/FILE[@REVISION]`, already loaded `LoadedWeights`, or a state dict of tensors.
 
     `device`: auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps. `precision`: auto (fp16 on CUDA, fp32
-    elsewhere), fp32, fp16 or bf16. Raises an `EsrganError` subclass with a one-line message on failure."""
+    elsewhere), fp32, fp16 or bf16. `strength` S in [0, 1]: for a registry model with a faithful twin
+    (`ModelInfo.twin`), its weights interpolated at load, S·model + (1 − S)·twin, in float32 before the precision
+    is applied (1: the model itself, 0: the twin); any other model raises `NoTwinError`. Raises an `EsrganError`
+    subclass with a one-line message on failure."""
     import torch
 
     from esrgan_cli.model.registry import load_named
@@ -55,6 +59,8 @@ def load_model(
     from esrgan_cli.upscale.upscaler import Upscaler
 
     placement = choose_placement(device, precision)
+    if strength is not None and not isinstance(spec, (str, Path, type(None))):
+        raise NoTwinError("strength needs a registry model with a faithful twin; weights given directly have none")
     if isinstance(spec, LoadedWeights):
         weights = spec
     elif isinstance(spec, Mapping):
@@ -62,7 +68,7 @@ def load_model(
             raise WeightsError("a state dict must map names to tensors")
         weights = from_checkpoint(dict(spec))
     else:
-        weights = load_named(str(spec) if spec is not None else None)
+        weights = load_named(str(spec) if spec is not None else None, strength=strength)
     return Upscaler(weights, placement)
 
 
@@ -74,7 +80,7 @@ def available_models() -> list[ModelInfo]:
     infos = [
         ModelInfo(name=e.name, description=e.description, scale=e.config.scale, license=e.license,
                   source=e.origin(), size_bytes=e.size, bundled=isinstance(e.source, BundledFile),
-                  cached=is_cached(e.source), default=e.name == registry.default)
+                  cached=is_cached(e.source), default=e.name == registry.default, twin=e.twin)
         for e in registry.models.values()
     ]
     return sorted(infos, key=lambda m: not m.default)

@@ -37,6 +37,10 @@ class ChecksumError(EsrganError):
     """A downloaded file does not match its pinned sha256."""
 
 
+class NoTwinError(EsrganError):
+    """A strength was asked of a model that has no faithful (PSNR-stage) twin to interpolate with."""
+
+
 class DeviceError(EsrganError):
     """The requested device or precision is not available."""
 

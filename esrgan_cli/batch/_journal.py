@@ -20,6 +20,8 @@ def pixel_options(options: dict[str, Any], quality: int, dtype: str) -> dict[str
     kept = {k: v for k, v in options.items() if k not in ("max_output_pixels", "alpha_loss")}
     if not kept.get("first_frame", True):
         del kept["first_frame"]  # the default: journals written before the option existed stay valid
+    if kept.get("strength", 0) is None:
+        del kept["strength"]  # the same
     return {**kept, "quality": quality, "dtype": dtype}
 
 

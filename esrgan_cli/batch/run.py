@@ -91,7 +91,7 @@ def _run_here(jobs: Sequence[Job], ignored: Sequence[Ignored], outdir: Path, mod
               options: UpscaleOptions, batch: BatchOptions, events: BatchEvents) -> BatchSummary:
     from esrgan_cli.api import load_model
 
-    upscaler = load_model(model.spec, model.device, model.precision)
+    upscaler = load_model(model.spec, model.device, model.precision, strength=options.strength)
     if upscaler.placement.note:
         events.note(upscaler.placement.note)
     model_sha = sha256_of(upscaler.weights.path)
@@ -116,7 +116,7 @@ def _run_distributed(jobs: Sequence[Job], ignored: Sequence[Ignored], outdir: Pa
     from esrgan_cli.batch.cluster.worker import WorkerConfig
     from esrgan_cli.model.registry import load_named
 
-    weights = load_named(model.spec)
+    weights = load_named(model.spec, strength=options.strength)
     model_sha = sha256_of(weights.path)
     config = WorkerConfig(options=options, quality=batch.quality, device=model.device, precision=model.precision)
     driver = open_driver(cluster, weights, config)

@@ -142,3 +142,21 @@ class Run:
     quality: int
     quiet: bool
     verbose: bool = False  # a batch names the files it does not read
+
+
+def check_twin(model: str | None) -> None:
+    """--strength needs a registry model with a faithful twin: a usage error (one line, exit 2) before any input is
+    read or any weights are loaded."""
+    from esrgan_cli.model.registry import load_registry, twin_of
+
+    registry = load_registry()
+    if twin_of(model, registry) is None:
+        raise _OneLineUsageError(
+            f"--strength needs a model with a faithful twin; {model or registry.default} has none")
+
+
+class _OneLineUsageError(click.UsageError):
+    """A usage error (exit 2) that is one line, `esrgan: error: ...`, without click's usage banner."""
+
+    def show(self, file: Any = None) -> None:
+        say(f"error: {self.format_message()}")

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from esrgan_cli.cli.common import DeviceParam, say
+from esrgan_cli.cli.common import DeviceParam, check_twin, say
 from esrgan_cli.cli.train import PERCEPTUAL_INPUT_CHOICES
 from esrgan_cli.errors import ModelNotFoundError, OutputWriteError
 
@@ -43,16 +43,22 @@ if TYPE_CHECKING:
               help="The real degradation's seed.")
 @click.option("--save-lr", type=click.Path(path_type=Path, file_okay=False), default=None, metavar="DIR",
               help="Also write the LR images made from HR here (PNG), to reuse with --lr or other tools.")
+@click.option("--strength", type=click.FloatRange(0, 1), default=None, metavar="S",
+              help="Score MODEL interpolated with its faithful twin, as `esrgan upscale --strength S` runs it.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def evaluate(model: str, hr_dir: Path, lr_dir: Path | None, scale: int | None, tile: int | None, device: str,
              perceptual_weights: str, perceptual_input: InputConvention, degradation: str,
-             degradation_config: Path | None, seed: int, save_lr: Path | None, as_json: bool) -> None:
-    """Y-channel PSNR and SSIM of MODEL on a benchmark, beside bicubic, and a perceptual distance.
+             degradation_config: Path | None, seed: int, save_lr: Path | None, strength: float | None,
+             as_json: bool) -> None:
+    """Y-channel PSNR and SSIM of MODEL on a benchmark, beside bicubic, a perceptual distance and artefacts.
 
     As in the literature: BT.601 luma, `scale` border pixels cropped, outputs
     rounded to 8 bits. MODEL is a model name, file or hf: spec, or `bicubic`.
     The perceptual distance is LPIPS without its learned weights: unit-normalised
     VGG19 features (relu1_2, relu2_2, relu3_4) compared on RGB; lower is better.
+    Artefacts: the grid share (the luma's fine-detail energy at multiples of
+    1/scale cycles per pixel, beside the HR image's own) and the chroma error
+    (CIELAB a*b* distance to HR, RMS and 99th percentile).
 
     \b
     Examples:
@@ -60,6 +66,7 @@ def evaluate(model: str, hr_dir: Path, lr_dir: Path | None, scale: int | None, t
       esrgan eval runs/psnr/model_100000.safetensors --hr Set14/HR --json
       esrgan eval compact-x4 --hr Set14/HR --perceptual-weights vgg19.safetensors
       esrgan eval compact-real-x4 --hr photos/ --degradation real --seed 1 --save-lr photos_lr/
+      esrgan eval compact-x4 --hr Set14/HR --strength 0.5
     """
     import json
 
@@ -69,7 +76,7 @@ def evaluate(model: str, hr_dir: Path, lr_dir: Path | None, scale: int | None, t
     # fp32 everywhere: a benchmark figure must not depend on the device's half precision.
     made = _degradation(degradation, degradation_config, seed, lr_dir, save_lr)  # usage errors first
     placement = choose_placement(device, "fp32")
-    upscale, s, label = _upscaler(model, scale, tile, placement)
+    upscale, s, label = _upscaler(model, scale, tile, placement, strength)
     pairs = pair_images(hr_dir, lr_dir, s)
     distance, note = _distance(perceptual_weights, perceptual_input, placement)
     with_distance = distance is not None
@@ -89,6 +96,7 @@ def evaluate(model: str, hr_dir: Path, lr_dir: Path | None, scale: int | None, t
         click.echo(json.dumps(data, indent=2))
     else:
         _print_footer(label, s, len(scores), mean, distance)
+        _print_artefacts(label, s, scores, mean)
     if note:  # after the figures, so that a failure on the way stays a one-line error
         say(f"note: no perceptual distance: {note}")
 
@@ -103,6 +111,29 @@ def _print_footer(label: str, s: int, n: int, mean: Summary, distance: Perceptua
         layers = ", ".join(relu_name(name) for name in distance.config.layers)
         click.echo(f"(perceptual distance: unit-normalised VGG19 {layers} features, LPIPS without learned weights, "
                    f"lower is better, not comparable with published LPIPS; weights {distance.source})")
+
+
+def _print_artefacts(label: str, s: int, scores: list[ImageScore], mean: Summary) -> None:
+    """The second table: grid share (model, bicubic, HR) and chroma error to HR (model, bicubic)."""
+    click.echo()
+    click.echo(f"{'artefacts':<20} {'grid %':>8} {'bicubic':>8} {'HR':>8}   {'chroma':>8} {'p99':>8}   "
+               f"{'bicubic':>8} {'p99':>8}")
+    rows: list[tuple[str, ImageScore | Summary]] = [(score.name, score) for score in scores]
+    for name, x in [*rows, ("mean", mean)]:
+        click.echo(f"{name:<20} {_percent(x.grid_share)} {_percent(x.grid_share_bicubic)} "
+                   f"{_percent(x.grid_share_hr)}   {_ab(x.chroma_rms)} {_ab(x.chroma_p99)}   "
+                   f"{_ab(x.chroma_rms_bicubic)} {_ab(x.chroma_p99_bicubic)}")
+    click.echo(f"({label} | bicubic | HR: grid share, the % of the luma's fine-detail energy at multiples of 1/{s} "
+               f"cycles per pixel, a pattern on the input pixel grid: compare with HR's. {label} | bicubic: chroma "
+               "error, the CIELAB a*b* distance to HR, RMS and 99th percentile; lower is better)")
+
+
+def _percent(v: float | None) -> str:
+    return f"{'':>8}" if v is None else f"{v * 100:>8.3f}"
+
+
+def _ab(v: float | None) -> str:
+    return f"{'':>8}" if v is None else f"{v:>8.2f}"
 
 
 def _degradation(name: str, settings: Path | None, seed: int, lr_dir: Path | None,
@@ -144,21 +175,25 @@ def _saving(made: Degradation, folder: Path) -> Degradation:
     return Degradation(made.name, make)
 
 
-def _upscaler(model: str, scale: int | None, tile: int | None, placement: Placement) -> tuple[Upscale, int, str]:
-    """MODEL as an 8-bit upscaler, its scale, and its label."""
+def _upscaler(model: str, scale: int | None, tile: int | None, placement: Placement,
+              strength: float | None) -> tuple[Upscale, int, str]:
+    """MODEL (at `strength`, when given) as an 8-bit upscaler, its scale, and its label."""
     from esrgan_cli.eval.score import bicubic, with_upscaler
 
+    if strength is not None:
+        check_twin(model)
     if model == "bicubic":
         s = scale or 4
         return bicubic(s), s, "bicubic"
     from esrgan_cli.model.registry import load_named
     from esrgan_cli.upscale.upscaler import Upscaler
 
-    weights = load_named(model)
+    weights = load_named(model, strength=strength)
     if scale is not None and scale != weights.config.scale:
         raise click.UsageError(f"--scale {scale} differs from the model's x{weights.config.scale}")
     upscaler = Upscaler(weights, placement)
-    return with_upscaler(upscaler, tile), upscaler.scale, model
+    label = model if strength is None else f"{model} at strength {strength:g}"
+    return with_upscaler(upscaler, tile), upscaler.scale, label
 
 
 def _distance(weights: str, convention: InputConvention,

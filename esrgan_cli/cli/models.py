@@ -185,14 +185,16 @@ def info(model: str, as_json: bool) -> None:
     """
     import json
 
+    from esrgan_cli.model.registry import twin_of
     from esrgan_cli.model.weights import describe_weights
 
     data = describe_weights(_load_model(model), model)
+    data["twin"] = twin_of(model)  # the registry's faithful twin (upscale --strength), None for any other model
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return
     for key in ("source", "path", "description", "scale", "parameters", "dtype", "macs_per_input_pixel", "sha256",
-                "size_bytes"):
+                "size_bytes", *(("twin",) if data["twin"] else ())):
         value = data[key]
         click.echo(f"{key:>21}: {value:,}" if isinstance(value, int) else f"{key:>21}: {value}")
     for key, value in sorted(dict(data["metadata"]).items()):  # type: ignore[call-overload]
@@ -219,14 +221,16 @@ def models_list(as_json: bool) -> None:
         return
     width = max(18, *(len(m.name) + 2 for m in infos))  # room for the longest name and the default's " *"
     lic = max(12, *(len(m.license) + 1 for m in infos))
-    click.echo(f"{'name':<{width}} {'scale':>5} {'size':>8}  {'license':<{lic}} {'cached':<6} description")
+    twin = max(5, *(len(m.twin or "") + 1 for m in infos))
+    click.echo(f"{'name':<{width}} {'scale':>5} {'size':>8}  {'license':<{lic}} {'cached':<6} {'twin':<{twin}} "
+               "description")
     for m in infos:
         mb = m.size_bytes / 1e6 if m.size_bytes else None
         size = "?" if mb is None else f"{mb:.1f} MB" if mb < 10 else f"{mb:.0f} MB"
         name = f"{m.name}{' *' if m.default else ''}"
         click.echo(f"{name:<{width}} {'x' + str(m.scale):>5} {size:>8}  {m.license:<{lic}} "
-                   f"{'yes' if m.cached else 'no':<6} {m.description}")
-    click.echo("(* default)")
+                   f"{'yes' if m.cached else 'no':<6} {m.twin or '-':<{twin}} {m.description}")
+    click.echo("(* default; twin: the faithful model that upscale --strength interpolates towards)")
 
 
 @models.command("download")

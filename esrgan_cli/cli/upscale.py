@@ -8,7 +8,16 @@ from typing import TYPE_CHECKING, cast
 
 import click
 
-from esrgan_cli.cli.common import SETTINGS, DeviceParam, ProgressBar, Run, TileParam, notes_line, say
+from esrgan_cli.cli.common import (
+    SETTINGS,
+    DeviceParam,
+    ProgressBar,
+    Run,
+    TileParam,
+    check_twin,
+    notes_line,
+    say,
+)
 from esrgan_cli.cli.video import check_pairing, upscale_one_video, video_options
 from esrgan_cli.defaults import (
     DEFAULT_MAX_OUTPUT_PIXELS,
@@ -39,6 +48,10 @@ def register(group: click.Group) -> None:
 @click.option("-m", "--model", default=None, metavar="M",
               help="Registry name, local .safetensors/.pth/.pt/.ckpt file, or hf:OWNER/REPO/FILE[@REV]. "
                    "Default: the registry's default model.")
+@click.option("--strength", type=click.FloatRange(0, 1), default=None, metavar="S",
+              help="0..1: the model's weights interpolated with its faithful (PSNR-stage) twin's as it loads, "
+                   "S·model + (1-S)·twin: 1 is the model (crisp), 0 the twin (clean). Only for models with a twin "
+                   "(esrgan models list).")
 @click.option("--tile", type=TileParam(), default="auto", show_default=True,
               help="Tile size in input pixels for the memory-hungry upsampling; the trunk gets tiles as large as "
                    "the same memory allows (often the whole image: exact output). 0: whole image at once; auto: "
@@ -82,7 +95,8 @@ def register(group: click.Group) -> None:
               help="Batch: name each file of the input folders that is not read (no image extension Pillow reads, "
                    "a symlinked folder, a FIFO), and why.")
 def upscale(
-    paths: tuple[str, ...], output_path: Path, model: str | None, tile: int | None, overlap: int, device: str,
+    paths: tuple[str, ...], output_path: Path, model: str | None, strength: float | None, tile: int | None,
+    overlap: int, device: str,
     precision: str, outscale: float | None, quality: int, alpha_mode: str, alpha_loss: str, tta: bool,
     first_frame: bool, max_output_pixels: int, recursive: bool, out_format: str | None, suffix: str,
     overwrite: bool, report: Path | None, ray_address: str | None, workers: int | None, codec: str | None,
@@ -104,6 +118,7 @@ def upscale(
       esrgan upscale photo.jpg -o photo_x4.png
       esrgan upscale huge.png -o out.png --tile 256 --device cuda
       esrgan upscale logo.png -o logo_x2.webp --outscale 2 --quality 90
+      esrgan upscale photo.png -o out.png --model compact-x4 --strength 0.5
       esrgan upscale scans/ -o big/ --recursive --format png --report report.json
       esrgan upscale 'shots/*.jpg' extra.png -o out/ --suffix _x4
       esrgan upscale archive/ -o big/ -r --ray HEAD:6379 --workers 8
@@ -113,9 +128,11 @@ def upscale(
     from esrgan_cli.upscale.pipeline import UpscaleOptions
     from esrgan_cli.video.codecs import VideoEncoding
 
+    if strength is not None:
+        check_twin(model)
     options = UpscaleOptions(tile=tile, overlap=overlap, outscale=outscale, alpha=cast("AlphaMode", alpha_mode),
                              alpha_loss=cast("AlphaLoss", alpha_loss),
-                             max_output_pixels=max_output_pixels, tta=tta, first_frame=first_frame)
+                             max_output_pixels=max_output_pixels, tta=tta, first_frame=first_frame, strength=strength)
     single = _is_single(paths, output_path, quiet)
     run = Run(model=model, device=device, precision=cast("Precision", precision), options=options,
               quality=quality, quiet=quiet, verbose=verbose)
@@ -189,10 +206,11 @@ def load_upscaler(run: Run) -> tuple[Upscaler, str]:
     from esrgan_cli.model.registry import load_registry
 
     source = run.model or load_registry().default
-    upscaler = load_model(source, run.device, run.precision)
+    strength = run.options.strength
+    upscaler = load_model(source, run.device, run.precision, strength=strength)
     if upscaler.placement.note and not run.quiet:
         say(f"note: {upscaler.placement.note}")
-    return upscaler, source
+    return upscaler, source if strength is None else f"{source} at strength {strength:g}"
 
 
 def _upscale_one(input_path: Path, output_path: Path, run: Run) -> None:

@@ -3,7 +3,8 @@
 HR images are cropped to a multiple of the scale; their LR twins are read from a folder or made from the HR image by
 a `Degradation` (MATLAB-style bicubic downscaling unless told otherwise). Outputs are rounded to 8 bits before
 scoring, as saved images would be. An optional perceptual distance (`perceptual_distance.py`, or any function of two
-images) is reported beside PSNR and SSIM, on the same pixels.
+images) is reported beside PSNR and SSIM, on the same pixels, and so are two artefact figures (`artefacts.py`): the
+grid share (beside the HR image's own) and the chroma error to HR.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import numpy as np
 from esrgan_cli.defaults import DEFAULT_OVERLAP
 from esrgan_cli.errors import EsrganError, EvalDataError, ImageReadError
 from esrgan_cli.eval._metrics import crop_border, psnr_y, ssim_y
+from esrgan_cli.eval.artefacts import chroma_error, grid_share
 from esrgan_cli.files import image_files
 from esrgan_cli.image.decode import read_image
 from esrgan_cli.image.encode import to_uint8
@@ -60,6 +62,10 @@ BICUBIC = Degradation("bicubic", _bicubic_lr)
 """MATLAB-style antialiased bicubic downscaling: the benchmarks' own (it reproduces Set5/Set14's LR_bicubic files)."""
 
 
+_ARTEFACTS = ("grid_share", "chroma_rms", "chroma_p99", "grid_share_bicubic", "chroma_rms_bicubic",
+              "chroma_p99_bicubic", "grid_share_hr")
+
+
 @dataclass(frozen=True)
 class ImageScore:
     name: str
@@ -69,6 +75,15 @@ class ImageScore:
     ssim_bicubic: float
     perceptual: float | None = None  # None: no perceptual distance was computed
     perceptual_bicubic: float | None = None
+    # Artefacts (`artefacts.py`), of the model's output and bicubic's: the grid share (0..1), beside the HR image's
+    # own, and the chroma error to HR (a*b* units, RMS and 99th percentile). `score_pairs` always fills them.
+    grid_share: float | None = None
+    chroma_rms: float | None = None
+    chroma_p99: float | None = None
+    grid_share_bicubic: float | None = None
+    chroma_rms_bicubic: float | None = None
+    chroma_p99_bicubic: float | None = None
+    grid_share_hr: float | None = None
 
 
 @dataclass(frozen=True)
@@ -79,6 +94,13 @@ class Summary:
     ssim_bicubic: float
     perceptual: float | None = None
     perceptual_bicubic: float | None = None
+    grid_share: float | None = None
+    chroma_rms: float | None = None
+    chroma_p99: float | None = None
+    grid_share_bicubic: float | None = None
+    chroma_rms_bicubic: float | None = None
+    chroma_p99_bicubic: float | None = None
+    grid_share_hr: float | None = None
 
 
 def pair_images(hr_dir: Path, lr_dir: Path | None, scale: int) -> list[EvalPair]:
@@ -145,14 +167,21 @@ def score_pairs(pairs: list[EvalPair], upscale: Upscale, scale: int, degradation
                               f"{hr.shape[1]}×{hr.shape[0]}")
         bic = baseline(lr)
         perceptual = perceptual_bicubic = None
+        inner = crop_border(hr, scale)
         if distance is not None:
-            inner = crop_border(hr, scale)
             perceptual = distance(crop_border(sr, scale), inner)
             perceptual_bicubic = distance(crop_border(bic, scale), inner)
         yield ImageScore(
             pair.name, psnr_y(sr, hr, scale), ssim_y(sr, hr, scale), psnr_y(bic, hr, scale), ssim_y(bic, hr, scale),
-            perceptual, perceptual_bicubic,
+            perceptual, perceptual_bicubic, *artefacts(crop_border(sr, scale), inner, scale),
+            *artefacts(crop_border(bic, scale), inner, scale), grid_share(inner, scale),
         )
+
+
+def artefacts(sr: np.ndarray, hr: np.ndarray, scale: int) -> tuple[float, float, float]:
+    """The grid share of `sr` and its chroma error to `hr`, RMS and 99th percentile (same-size 8-bit RGB images,
+    border already cropped)."""
+    return (grid_share(sr, scale), *chroma_error(sr, hr))
 
 
 def with_upscaler(upscaler: Upscaler, tile: int | None = None, overlap: int = DEFAULT_OVERLAP) -> Upscale:
@@ -176,4 +205,5 @@ def mean_scores(scores: list[ImageScore]) -> Summary:
         mean([s.psnr for s in scores]), mean([s.ssim for s in scores]),
         mean([s.psnr_bicubic for s in scores]), mean([s.ssim_bicubic for s in scores]),
         mean_or_none([s.perceptual for s in scores]), mean_or_none([s.perceptual_bicubic for s in scores]),
+        *(mean_or_none([getattr(s, name) for s in scores]) for name in _ARTEFACTS),
     )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import fields
+from dataclasses import fields, replace
 
 import torch
 
@@ -32,6 +32,19 @@ def blend(a: LoadedWeights, b: LoadedWeights, alpha: float) -> StateDict:
         key: ((1 - alpha) * ta.double() + alpha * b.state_dict[key].double()).to(torch.float32)
         for key, ta in a.state_dict.items()
     }
+
+
+def with_strength(model: LoadedWeights, twin: LoadedWeights, strength: float) -> LoadedWeights:
+    """Network interpolation at load time: S·model + (1 − S)·twin on every tensor, in float32, so that S = 1 gives
+    the model's tensors and S = 0 the twin's, bit for bit. The precision the model runs in is applied after this."""
+    check_compatible(model, twin)
+    s = float(strength)
+    if not 0.0 <= s <= 1.0:  # also refuses NaN
+        raise ValueError(f"strength must be within [0, 1], got {strength!r}")
+    state = {key: s * t.to(torch.float32) + (1.0 - s) * twin.state_dict[key].to(torch.float32)
+             for key, t in model.state_dict.items()}
+    meta = {**model.metadata, "esrgan.strength": repr(s)}
+    return replace(model, state_dict=state, metadata=meta)
 
 
 def parse_alphas(text: str) -> list[float]:

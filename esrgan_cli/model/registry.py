@@ -14,7 +14,7 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from esrgan_cli.errors import ChecksumError, ModelNotFoundError
+from esrgan_cli.errors import ChecksumError, ModelNotFoundError, NoTwinError
 from esrgan_cli.files import sha256_of
 from esrgan_cli.model.config import RRDBConfig
 from esrgan_cli.model.hub import HubFile, fetch, is_local
@@ -37,6 +37,9 @@ class RegistryEntry:
     source: HubFile | BundledFile
     config: RRDBConfig
     license: str
+    # The faithful (PSNR-stage) model this one was fine-tuned from, which `strength` interpolates towards; None
+    # where no such model is in the registry (interpolating unrelated networks gives no meaningful model).
+    twin: str | None = None
 
     @property
     def size(self) -> int | None:
@@ -87,7 +90,13 @@ def load_registry(path: Path | None = None) -> Registry:
             source = BundledFile(Path(path).parent / e["file"], e["sha256"], e["size"])
         else:
             source = HubFile(e["repo"], e["filename"], e["revision"], e["sha256"], e.get("size"))
-        models[name] = RegistryEntry(name, e.get("description", ""), source, RRDBConfig(**e["arch"]), e["license"])
+        models[name] = RegistryEntry(name, e.get("description", ""), source, RRDBConfig(**e["arch"]), e["license"],
+                                     e.get("twin"))
+    for entry in models.values():
+        twin = models.get(entry.twin) if entry.twin is not None else None
+        if entry.twin is not None and (twin is None or twin.config != entry.config or twin.twin is not None):
+            raise ModelNotFoundError(f"{path}: {entry.name}'s twin {entry.twin!r} is not a registry model of the same "
+                                     "architecture without a twin of its own")
     return Registry(data["default"], models)
 
 
@@ -121,12 +130,40 @@ def resolve_model(spec: str, registry: Registry | None = None) -> ResolvedModel:
     raise ModelNotFoundError(f"no model named {spec!r} and no such file (known models: {known})")
 
 
-def load_named(spec: str | None, registry: Registry | None = None) -> LoadedWeights:
-    """The weights a `--model` value names (None: the registry's default), downloaded and converted as needed."""
+def load_named(spec: str | None, registry: Registry | None = None, strength: float | None = None) -> LoadedWeights:
+    """The weights a `--model` value names (None: the registry's default), downloaded and converted as needed.
+
+    `strength` S (0..1): the model's weights interpolated with its faithful twin's, S·model + (1 − S)·twin (ESRGAN's
+    network interpolation), for registry models that have one; `NoTwinError` for any other model."""
     from esrgan_cli.model.weights import load_weights
 
     registry = registry or load_registry()
-    return load_weights(resolve_model(spec if spec is not None else registry.default, registry).path)
+    name = spec if spec is not None else registry.default
+    if strength is None:
+        return load_weights(resolve_model(name, registry).path)
+    if not 0 <= strength <= 1:  # before any download; also refuses NaN
+        raise ValueError(f"strength must be within [0, 1], got {strength!r}")
+    twin = twin_of(name, registry)
+    if twin is None:
+        raise NoTwinError(f"strength needs a model with a faithful twin; {name} has none "
+                          f"(models with one: {', '.join(with_twins(registry))})")
+    from esrgan_cli.model.blend import with_strength
+
+    model = load_weights(resolve_model(name, registry).path)
+    return with_strength(model, load_weights(resolve_model(twin, registry).path), strength)
+
+
+def twin_of(spec: str | None, registry: Registry | None = None) -> str | None:
+    """The faithful twin of the registry model `spec` names (None: the default), or None where it has none (a file,
+    a Hub location, or a registry model without one)."""
+    registry = registry or load_registry()
+    entry = registry.models.get(spec if spec is not None else registry.default)
+    return entry.twin if entry is not None else None
+
+
+def with_twins(registry: Registry | None = None) -> list[str]:
+    """The registry models that have a faithful twin, so take a strength."""
+    return [e.name for e in (registry or load_registry()).models.values() if e.twin is not None]
 
 
 def bundled_path(bundled: BundledFile, label: str) -> Path:

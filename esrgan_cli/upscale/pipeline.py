@@ -43,6 +43,9 @@ class UpscaleOptions:
     max_output_pixels: int = DEFAULT_MAX_OUTPUT_PIXELS  # 0: no limit
     tta: bool = False  # 8-fold self-ensemble
     first_frame: bool = False  # an animation or multi-page file: only its first frame
+    # The model's weights interpolated with its faithful twin's when it is loaded (S·model + (1 − S)·twin); None:
+    # the model as it is. Applied where the model is loaded (`load_model`), not by `upscale_file`.
+    strength: float | None = None
 
 
 @dataclass
