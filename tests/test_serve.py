@@ -235,6 +235,67 @@ def test_jobs_run_one_at_a_time_in_order(tmp_path: Path, models_dir: Path) -> No
     assert len(spans) == 2 and second_start >= first_end
 
 
+def test_progress_and_time_left_of_a_running_job(tmp_path: Path, models_dir: Path) -> None:
+    from esrgan_cli.serve.options import job_settings
+    from esrgan_cli.serve.service import Job, Upload, status
+
+    with running(ServeConfig(models_dir=models_dir, device="cpu")) as (_, service):
+        upload = Upload("u", "a.png", tmp_path / "a.png", 10, 10, 1)
+        job = Job("j", upload, job_settings({"model": "tiny.safetensors"}, models_dir), "a_x4.png", state="running",
+                  done=25, total=100, started=time.monotonic() - 2.0)
+        shown = status(service, job)
+    assert shown["progress"] == 0.25 and shown["state"] == "running"
+    assert 5.9 <= shown["eta"] <= 7.0  # 2 s for a quarter: about 6 s for the rest
+
+
+def test_open_starts_the_browser_on_the_url(tmp_path: Path) -> None:
+    marker = tmp_path / "opened"
+    browser = f"{sys.executable} -c \"import sys; open(sys.argv[2], 'w').write(sys.argv[1])\" %s {marker}"
+    proc = subprocess.Popen([sys.executable, "-m", "esrgan_cli", "serve", "--port", "0", "--open"],
+                            stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1", "BROWSER": browser})
+    try:
+        assert proc.stderr is not None
+        url = re.search(r"http://\S+/", proc.stderr.readline())
+        assert url
+        deadline = time.monotonic() + 60
+        while not (marker.exists() and marker.read_text()):
+            assert time.monotonic() < deadline, "no browser was started"
+            time.sleep(0.05)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+    assert marker.read_text() == url[0]
+
+
+def test_ctrl_c_stops_and_removes_every_upload_and_output(tmp_path: Path, models_dir: Path) -> None:
+    import signal
+
+    from conftest import default_sigint
+
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    proc = subprocess.Popen([sys.executable, "-m", "esrgan_cli", "serve", "--port", "0", "--models-dir", models_dir],
+                            stderr=subprocess.PIPE, text=True, cwd=ROOT, preexec_fn=default_sigint,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1", "TMPDIR": str(temp)})
+    try:
+        assert proc.stderr is not None
+        url = re.search(r"http://\S+/", proc.stderr.readline())
+        assert url
+        base = url[0].rstrip("/")
+        up = upload(base, rgba_png(tmp_path / "a.png"))[1]
+        asked = call(f"{base}/api/jobs", {"file": up["id"], "model": "tiny.safetensors"}, "POST")[1]
+        assert wait_done(base, asked["id"])["state"] == "done"
+        assert len(leftover_files(temp)) == 4  # the folder, the upload, the job's folder and its output
+        proc.send_signal(signal.SIGINT)
+        _, rest = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130 and rest.strip() == "esrgan: interrupted", rest  # as every command's Ctrl-C
+    assert leftover_files(temp) == []
+
+
 def _serve(*args: str) -> subprocess.Popen[str]:
     return subprocess.Popen([sys.executable, "-m", "esrgan_cli", "serve", *args], stderr=subprocess.PIPE, text=True,
                             cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
