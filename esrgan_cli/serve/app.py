@@ -16,7 +16,6 @@ from collections.abc import Awaitable, Callable
 from importlib import resources
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote
 
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
@@ -63,7 +62,7 @@ def build_app(service: Service, loopback_only: bool = True) -> Starlette:
     async def upload(request: Request) -> Response:
         from starlette.concurrency import run_in_threadpool
 
-        name = unquote(request.query_params.get("name", "")) or "image"
+        name = request.query_params.get("name", "") or "image"
         uid, path = service.upload_path()
         size = 0
         try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -251,7 +252,8 @@ class Service:
 
     def _clean(self, line: str, upload: Upload) -> str:
         """One line that names the upload as the browser knows it, never a path on the server."""
-        line = line.replace(str(upload.path), upload.name).replace(str(self.folder), "")
+        line = line.replace(str(upload.path), upload.name)
+        line = re.sub(re.escape(str(self.folder)) + r"/(job-[0-9a-f]+/)?", "", line)
         return (line.splitlines() or [""])[0].replace("--max-output-pixels", "esrgan serve --max-output-pixels")
 
 
