@@ -13,7 +13,7 @@ import traceback
 import click
 
 from esrgan_cli import __version__
-from esrgan_cli.cli import evaluate, models, train, upscale
+from esrgan_cli.cli import evaluate, models, serve, train, upscale
 from esrgan_cli.cli.common import SETTINGS, announce_download, say
 from esrgan_cli.errors import EsrganError
 from esrgan_cli.image.capture import keep_python_stderr, restore_python_stderr
@@ -38,7 +38,7 @@ def cli(debug: bool) -> None:
     SETTINGS.debug = SETTINGS.debug or debug
 
 
-for _module in (upscale, models, train, evaluate):
+for _module in (upscale, models, train, evaluate, serve):
     _module.register(cli)
 
 

@@ -27,7 +27,6 @@ from esrgan_cli.defaults import (
     FORMATS,
     VIDEO_OUTPUT_SUFFIXES,
 )
-from esrgan_cli.errors import EsrganError, naming
 
 if TYPE_CHECKING:
     from esrgan_cli.batch.cluster.protocol import ClusterOptions
@@ -215,26 +214,20 @@ def load_upscaler(run: Run) -> tuple[Upscaler, str]:
 
 def _upscale_one(input_path: Path, output_path: Path, run: Run) -> None:
     from esrgan_cli.files import check_output
-    from esrgan_cli.image.decode import check_input, read_image
-    from esrgan_cli.image.encode import output_format, write_image
-    from esrgan_cli.upscale.pipeline import header_check, reads_all_frames, upscale_file
+    from esrgan_cli.image.decode import check_input
+    from esrgan_cli.image.encode import output_format
+    from esrgan_cli.upscale.pipeline import upscale_path
 
     check_input(input_path)
     check_output(input_path, output_path)
-    fmt = output_format(output_path)
+    output_format(output_path)
     # The model first: its scale tells how large an input may be, checked from the file's header before decoding.
     upscaler, source = load_upscaler(run)
-    image = read_image(input_path, all_frames=reads_all_frames(fmt, run.options),
-                       check=header_check(upscaler.scale, run.options))
     bar = ProgressBar(run.quiet, f"{input_path.name}")
     with bar as advance:
-        try:
-            result = upscale_file(image, upscaler, fmt, run.options, advance,
-                                  on_frame=lambda i, n: bar.describe(f"{input_path.name} frame {i}/{n}"))
-        except EsrganError as e:
-            raise naming(input_path, e) from e
+        result = upscale_path(input_path, output_path, upscaler, run.options, run.quality, advance,
+                              on_frame=lambda i, n: bar.describe(f"{input_path.name} frame {i}/{n}"))
     notes = list(result.notes)
-    write_image(result.image, output_path, fmt, image, run.quality, notes, result.animation)
     if not run.quiet:
         if line := notes_line(str(input_path), notes):
             say(line)

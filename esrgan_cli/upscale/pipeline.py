@@ -17,12 +17,14 @@ import numpy as np
 from PIL import Image
 
 from esrgan_cli.defaults import DEFAULT_MAX_OUTPUT_PIXELS, DEFAULT_OVERLAP
-from esrgan_cli.errors import ImageReadError
+from esrgan_cli.errors import EsrganError, ImageReadError, naming
 from esrgan_cli.image.animation import MULTI_FRAME_FORMATS, Animation, check_frames, frames_for, uniform_modes
-from esrgan_cli.image.decode import LoadedImage
-from esrgan_cli.image.encode import compose, output_bit_depth, resize_alpha
+from esrgan_cli.image.decode import LoadedImage, read_image
+from esrgan_cli.image.encode import compose, output_bit_depth, output_format, resize_alpha, write_image
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from esrgan_cli.upscale.engine import Engine
 
 Progress = Callable[[int, int], None]
@@ -213,6 +215,23 @@ def upscale_file(
         images[0], sum(r.model_calls for r in results), sum(r.fp32_retries for r in results),
         sum(r.seconds for r in results), notes, None if still else Animation(tuple(images[1:]), frames),
     )
+
+
+def upscale_path(
+    src: Path, dst: Path, upscaler: Engine, options: UpscaleOptions, quality: int, progress: Progress | None = None,
+    on_frame: Callable[[int, int], None] | None = None,
+) -> UpscaleResult:
+    """One file into one file, as `esrgan upscale IN -o OUT` does it once the model is loaded: the header checked
+    against the output limit before decoding, every frame the output format holds, metadata kept, written
+    atomically. The command line and the web page both call this, so their outputs are the same bytes."""
+    fmt = output_format(dst)
+    image = read_image(src, all_frames=reads_all_frames(fmt, options), check=header_check(upscaler.scale, options))
+    try:
+        result = upscale_file(image, upscaler, fmt, options, progress, on_frame)
+    except EsrganError as e:
+        raise naming(src, e) from e
+    write_image(result.image, dst, fmt, image, quality, result.notes, result.animation)
+    return result
 
 
 def unit(plane: np.ndarray) -> np.ndarray:
