@@ -27,6 +27,7 @@ from esrgan_cli.upscale.pipeline import UpscaleOptions, final_size
 from esrgan_cli.video._frames import from_rgb, to_rgb
 from esrgan_cli.video._mux import mux
 from esrgan_cli.video._segments import Segment, SegmentJournal
+from esrgan_cli.video._stages import END, Stage, get, put
 from esrgan_cli.video.codecs import EncoderPlan, VideoEncoding, import_av, plan_encoding, stream_settings
 from esrgan_cli.video.probe import VideoInfo, probe
 
@@ -69,8 +70,6 @@ class _Frame:
     held: int = 0  # 1 for a damaged frame's stand-in
 
 
-_END = object()
-
 
 def upscale_video(
     src: str | os.PathLike[str], dst: str | os.PathLike[str], upscaler: Engine, *,
@@ -101,8 +100,9 @@ def upscale_video(
     journal = SegmentJournal(dst, _job_key(src, upscaler, options, plan, size, segment_seconds))
     journal.open()
     try:
-        counts = _encode_picture(src, journal, info, upscaler, options, plan, size, progress, start, segment_seconds,
-                                 dst.suffix)
+        job = _Picture(src=src, info=info, options=options, plan=plan, size=size, segment_seconds=segment_seconds,
+                       suffix=dst.suffix)
+        counts = _encode_picture(job, journal, upscaler, progress, start)
         if counts.resumed:
             notes.append(f"resumed after {counts.resumed} frames ({len(journal.segments) - counts.new_segments} "
                          "segments kept from the run before)")
@@ -167,53 +167,24 @@ def _job_key(src: Path, upscaler: Engine, options: UpscaleOptions, plan: Encoder
             "size": list(size), "segment_seconds": segment_seconds}
 
 
-class _Stage(threading.Thread):
-    """A thread that runs `work` and keeps its exception for the main thread."""
-
-    def __init__(self, name: str, work: Callable[[], None]) -> None:
-        super().__init__(name=name, daemon=True)
-        self.work = work
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        try:
-            self.work()
-        except BaseException as e:  # handed to the main thread, which raises it
-            self.error = e
+@dataclass(frozen=True)
+class _Picture:
+    """What the picture's encoding works from: the source, its probe, the pixel options and the encoding plan."""
+    src: Path
+    info: VideoInfo
+    options: UpscaleOptions
+    plan: EncoderPlan
+    size: tuple[int, int]
+    segment_seconds: float
+    suffix: str
 
 
-def _put(q: queue.Queue[Any], item: object, stop: threading.Event) -> bool:
-    """Put without blocking forever: False once `stop` is set (the other side has gone)."""
-    while not stop.is_set():
-        try:
-            q.put(item, timeout=0.1)
-            return True
-        except queue.Full:
-            continue
-    return False
-
-
-def _get(q: queue.Queue[Any], stop: threading.Event, producer: _Stage | None) -> Any:
-    """The next item, or _END once `stop` is set or the `producer` thread (None: the main thread) has ended."""
-    while True:
-        try:
-            return q.get(timeout=0.1)
-        except queue.Empty:
-            if stop.is_set() or (producer is not None and not producer.is_alive()):
-                # The producer ended without its end marker: it failed (its error is raised by the caller).
-                try:
-                    return q.get_nowait()
-                except queue.Empty:
-                    return _END
-
-
-def _encode_picture(
-    src: Path, journal: SegmentJournal, info: VideoInfo, upscaler: Engine, options: UpscaleOptions,
-    plan: EncoderPlan, size: tuple[int, int], progress: Callable[[VideoProgress], None] | None, start: float,
-    segment_seconds: float, suffix: str,
-) -> _Counts:
+def _encode_picture(job: _Picture, journal: SegmentJournal, upscaler: Engine,
+                    progress: Callable[[VideoProgress], None] | None, start: float) -> _Counts:
     """Decode (thread) → model (this thread) → encode (thread) into closed segments journaled in `journal`,
     starting after what it already holds."""
+    src, info, options, plan, size = job.src, job.info, job.options, job.plan, job.size
+    segment_seconds, suffix = job.segment_seconds, job.suffix
     av = import_av()
     stop = threading.Event()
     decoded: queue.Queue[Any] = queue.Queue(QUEUE_FRAMES)
@@ -227,9 +198,9 @@ def _encode_picture(
     def decode() -> None:
         with av.open(str(src)) as container:
             for frame in _frames(av, container, info, after):
-                if not _put(decoded, frame, stop):
+                if not put(decoded, frame, stop):
                     return
-        _put(decoded, _END, stop)
+        put(decoded, END, stop)
 
     def encode() -> None:
         out: Any = None
@@ -263,8 +234,8 @@ def _encode_picture(
 
         try:
             while True:
-                item = _get(upscaled, stop, None)
-                if item is _END:
+                item = get(upscaled, stop, None)
+                if item is END:
                     break
                 if out is not None and (item.pts - first) * tb >= span:
                     close_segment()
@@ -284,19 +255,19 @@ def _encode_picture(
             if out is not None:
                 out.close()  # stopped: a segment left out of the journal, removed by the next run
 
-    decoder = _Stage("esrgan-decode", decode)
-    encoder = _Stage("esrgan-encode", encode)
+    decoder = Stage("esrgan-decode", decode)
+    encoder = Stage("esrgan-encode", encode)
     decoder.start()
     encoder.start()
     try:
         while True:
-            item = _get(decoded, stop, decoder)
-            if item is _END:
+            item = get(decoded, stop, decoder)
+            if item is END:
                 break
             t0 = time.perf_counter()
             rgb = _upscale_frame(item.rgb, upscaler, options, size)
             counts.model_seconds += time.perf_counter() - t0
-            if not _put(upscaled, _Frame(item.pts, rgb, item.held), stop):
+            if not put(upscaled, _Frame(item.pts, rgb, item.held), stop):
                 break
             counts.frames += 1
             counts.held += item.held
@@ -304,7 +275,7 @@ def _encode_picture(
                 progress(VideoProgress(counts.frames, info.frames, float(item.pts * tb), info.duration,
                                        time.perf_counter() - start))
         if decoder.error is None:
-            _put(upscaled, _END, stop)
+            put(upscaled, END, stop)
         else:
             stop.set()
     except BaseException:
