@@ -14,15 +14,11 @@ import argparse
 import base64
 import os
 import shutil
-import socket
-import threading
-import time
 from pathlib import Path
 
-import uvicorn
 from playwright.sync_api import sync_playwright
 
-from esrgan_cli.serve.app import create
+from esrgan_cli.serve.server import serving_in_thread
 from esrgan_cli.serve.service import ServeConfig
 
 HERE = Path(__file__).resolve().parent
@@ -37,17 +33,7 @@ def main() -> None:
     if chromium is None:
         raise SystemExit("no chromium on PATH: apt-get install -y chromium (or set ESRGAN_CHROMIUM)")
 
-    app, service = create(ServeConfig(device="cpu"))
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(16)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.02)
-    base = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    try:
+    with serving_in_thread(ServeConfig(device="cpu")) as (base, _service):
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=chromium, headless=True, args=["--no-sandbox"])
             page = browser.new_page(viewport={"width": 1280, "height": 900})
@@ -76,10 +62,6 @@ def main() -> None:
             page.mouse.move(0, 0)
             page.screenshot(path=str(args.output), full_page=True)
             browser.close()
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-        service.close()
     print(f"wrote {args.output}")
 
 

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import io
 import json
-import socket
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -23,33 +21,17 @@ from PIL import Image, ImageCms
 from conftest import random_image
 
 pytest.importorskip("starlette")
-uvicorn = pytest.importorskip("uvicorn")
+pytest.importorskip("uvicorn")
 
-from esrgan_cli.serve.app import create  # noqa: E402
+from esrgan_cli.serve.server import serving_in_thread  # noqa: E402
 from esrgan_cli.serve.service import ServeConfig, Service  # noqa: E402
 
 
 @contextmanager
 def running(config: ServeConfig) -> Iterator[tuple[str, Service]]:
     """The app on a free port of 127.0.0.1, served by uvicorn on a thread, as `esrgan serve` runs it."""
-    app, service = create(config)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(16)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "the server did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}", service
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-        service.close()
-        sock.close()
+    with serving_in_thread(config) as served:
+        yield served
 
 
 def call(url: str, data: bytes | dict[str, Any] | None = None, method: str | None = None,

@@ -53,9 +53,8 @@ def serve(host: str, port: int, open_browser: bool, models_dir: Path | None, dev
       esrgan serve --port 9000 --models-dir ~/models
     """
     try:
-        import uvicorn
-
         from esrgan_cli.serve.app import create
+        from esrgan_cli.serve.server import uvicorn_server
     except ImportError:
         raise EsrganError(INSTALL_HINT) from None
     from esrgan_cli.serve.service import ServeConfig
@@ -68,7 +67,7 @@ def serve(host: str, port: int, open_browser: bool, models_dir: Path | None, dev
     config = ServeConfig(models_dir=models_dir, max_upload_bytes=int(max_upload_mb * 1e6),
                          max_output_pixels=max_output_pixels, device=device)
     app, service = create(config, loopback_only=loopback)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False))
+    server = uvicorn_server(app)
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     url = f"http://{f'[{shown}]' if ':' in shown else shown}:{sock.getsockname()[1]}/"
     say(f"serving on {url} (Ctrl-C stops)")

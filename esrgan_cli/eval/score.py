@@ -66,9 +66,9 @@ _ARTEFACTS = ("grid_share", "chroma_rms", "chroma_p99", "grid_share_bicubic", "c
               "chroma_p99_bicubic", "grid_share_hr")
 
 
-@dataclass(frozen=True)
-class ImageScore:
-    name: str
+@dataclass(frozen=True, kw_only=True)
+class Summary:
+    """Scores of a model against the references, beside bicubic's: one image's, or the means over a set."""
     psnr: float
     ssim: float
     psnr_bicubic: float
@@ -86,21 +86,10 @@ class ImageScore:
     grid_share_hr: float | None = None
 
 
-@dataclass(frozen=True)
-class Summary:
-    psnr: float
-    ssim: float
-    psnr_bicubic: float
-    ssim_bicubic: float
-    perceptual: float | None = None
-    perceptual_bicubic: float | None = None
-    grid_share: float | None = None
-    chroma_rms: float | None = None
-    chroma_p99: float | None = None
-    grid_share_bicubic: float | None = None
-    chroma_rms_bicubic: float | None = None
-    chroma_p99_bicubic: float | None = None
-    grid_share_hr: float | None = None
+@dataclass(frozen=True, kw_only=True)
+class ImageScore(Summary):
+    """One image's scores."""
+    name: str
 
 
 def pair_images(hr_dir: Path, lr_dir: Path | None, scale: int) -> list[EvalPair]:
@@ -171,10 +160,15 @@ def score_pairs(pairs: list[EvalPair], upscale: Upscale, scale: int, degradation
         if distance is not None:
             perceptual = distance(crop_border(sr, scale), inner)
             perceptual_bicubic = distance(crop_border(bic, scale), inner)
+        grid, chroma_rms, chroma_p99 = artefacts(crop_border(sr, scale), inner, scale)
+        grid_bic, chroma_rms_bic, chroma_p99_bic = artefacts(crop_border(bic, scale), inner, scale)
         yield ImageScore(
-            pair.name, psnr_y(sr, hr, scale), ssim_y(sr, hr, scale), psnr_y(bic, hr, scale), ssim_y(bic, hr, scale),
-            perceptual, perceptual_bicubic, *artefacts(crop_border(sr, scale), inner, scale),
-            *artefacts(crop_border(bic, scale), inner, scale), grid_share(inner, scale),
+            name=pair.name, psnr=psnr_y(sr, hr, scale), ssim=ssim_y(sr, hr, scale),
+            psnr_bicubic=psnr_y(bic, hr, scale), ssim_bicubic=ssim_y(bic, hr, scale),
+            perceptual=perceptual, perceptual_bicubic=perceptual_bicubic,
+            grid_share=grid, chroma_rms=chroma_rms, chroma_p99=chroma_p99, grid_share_bicubic=grid_bic,
+            chroma_rms_bicubic=chroma_rms_bic, chroma_p99_bicubic=chroma_p99_bic,
+            grid_share_hr=grid_share(inner, scale),
         )
 
 
@@ -202,8 +196,9 @@ def mean_scores(scores: list[ImageScore]) -> Summary:
         return mean(known) if known and len(known) == len(values) else None
 
     return Summary(
-        mean([s.psnr for s in scores]), mean([s.ssim for s in scores]),
-        mean([s.psnr_bicubic for s in scores]), mean([s.ssim_bicubic for s in scores]),
-        mean_or_none([s.perceptual for s in scores]), mean_or_none([s.perceptual_bicubic for s in scores]),
-        *(mean_or_none([getattr(s, name) for s in scores]) for name in _ARTEFACTS),
+        psnr=mean([s.psnr for s in scores]), ssim=mean([s.ssim for s in scores]),
+        psnr_bicubic=mean([s.psnr_bicubic for s in scores]), ssim_bicubic=mean([s.ssim_bicubic for s in scores]),
+        perceptual=mean_or_none([s.perceptual for s in scores]),
+        perceptual_bicubic=mean_or_none([s.perceptual_bicubic for s in scores]),
+        **{name: mean_or_none([getattr(s, name) for s in scores]) for name in _ARTEFACTS},
     )
