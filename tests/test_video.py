@@ -331,6 +331,22 @@ def test_an_interrupted_call_resumes_after_its_last_segment(tmp_path: Path, upsc
     assert not any("resumed" in n for n in result.notes) and leftovers(tmp_path) == []
 
 
+def test_segments_of_another_strength_are_not_reused(tmp_path: Path) -> None:
+    src = make_clip(tmp_path / "clip.mp4", frames=12)
+    dst = tmp_path / "out.mkv"
+
+    def stop_at_frame_8(p: esrgan_cli.VideoProgress) -> None:
+        if p.frames == 8:
+            raise KeyboardInterrupt
+
+    crisp = esrgan_cli.load_model("compact-x4", "cpu", "fp32", strength=1.0)
+    with pytest.raises(KeyboardInterrupt):
+        esrgan_cli.upscale_video(src, dst, crisp, segment_seconds=0.2, progress=stop_at_frame_8)
+    clean = esrgan_cli.load_model("compact-x4", "cpu", "fp32", strength=0.0)
+    result = esrgan_cli.upscale_video(src, dst, clean, segment_seconds=0.2)
+    assert not any("resumed" in n for n in result.notes) and leftovers(tmp_path) == []
+
+
 def test_sigint_at_a_random_frame_then_the_same_command_equals_an_uninterrupted_run(tmp_path: Path,
                                                                                     tiny_weights: Path) -> None:
     import os

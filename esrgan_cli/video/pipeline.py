@@ -159,6 +159,8 @@ def _job_key(src: Path, upscaler: Engine, options: UpscaleOptions, plan: Encoder
     stat = os.stat(src)
     weights = Path(upscaler.weights.path)
     model = sha256_of(weights) if weights.is_file() else repr(upscaler.config)
+    # Weights blended with a twin at load (--strength) come from the same file: the strength tells them apart.
+    model += f"@{upscaler.weights.metadata.get('esrgan.strength', '')}"
     return {"src": str(src.resolve()), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns, "model": model,
             "options": {"tile": options.tile, "overlap": options.overlap, "outscale": options.outscale,
                         "tta": options.tta},
